@@ -1,0 +1,43 @@
+# kubetrain developer commands. `make run` and `make test` work on a fresh machine: the first
+# call creates .venv and installs the project into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kubetrain-installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint typecheck unit bench crd clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# The CPU build first and pinned: an unpinned torch pulled in by a dependency is a
+	# multi-GB CUDA download.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)  ## the main job: the digits example, on this machine, no cluster
+	$(BIN)/kubetrain run examples/digits.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck  ## everything CI runs
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_throughput.py
+
+crd: $(STAMP)  ## regenerate crds/ from the API models
+	$(BIN)/kubetrain crd > crds/trainingjobs.kubetrain.io.yaml
+
+clean:
+	rm -rf $(VENV) kubetrain-runs .pytest_cache .mypy_cache .ruff_cache

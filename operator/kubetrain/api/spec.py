@@ -1,0 +1,572 @@
+"""The TrainingJob ``spec``: the single source of truth for the manifest and the CRD schema.
+
+Field docstrings become the CRD's descriptions (``kubectl explain trainingjob.spec.training``).
+Checks that need several fields at once live in ``model_validator``s here; checks that need the
+data (is the dataset tabular or images?) live in the planner.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from .base import ApiModel
+from .quantity import CPU_PATTERN, MEMORY_PATTERN
+
+BUILTIN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
+# A Kubernetes object name (DNS-1123 subdomain, without the length limit).
+OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+CURRENCY_PATTERN = r"^[A-Z]{3}$"
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+# Built-in model parameters a user may set, per model; anything else is a typo.
+BUILTIN_MODEL_PARAMS: dict[str, dict[str, str]] = {
+    "mlp": {"hiddenUnits": "list of layer widths, e.g. [128, 64]"},
+    "cnn": {"channels": "list of conv widths, e.g. [32, 64]", "hiddenUnits": "int"},
+    "resnet": {"channels": "list of stage widths, e.g. [32, 64, 128]", "blocksPerStage": "int"},
+}
+
+
+class FieldProblem(ValueError):
+    """A failed check across fields, naming the field to blame (relative to the checked model).
+
+    ``format_validation_error`` appends ``field`` to the model's path, so users read
+    ``spec.training.precision: fp16 needs GPUs ...`` rather than ``spec.training: ...``.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class DatasetSpec(ApiModel):
+    """Where the data comes from and how it is split. Set exactly one of builtin or uri."""
+
+    builtin: Literal["digits", "breast_cancer", "wine", "iris", "diabetes"] | None = None
+    """A dataset shipped inside scikit-learn (no download). diabetes is a regression set."""
+    uri: str | None = Field(default=None, min_length=1)
+    """A file or folder: a path (relative to the manifest), or pvc://claim/path on Kubernetes."""
+    format: Literal["npz", "csv", "parquet", "imagefolder"] | None = None
+    """File format of uri: npz (arrays X and y), csv or parquet (one column is the target),
+    imagefolder (one subfolder per class). Inferred from the file extension when unset."""
+    target: str | None = None
+    """Name of the target column for csv and parquet."""
+    task: Literal["auto", "classification", "regression"] = "auto"
+    """auto: classification for integer or string targets with few values, else regression."""
+    validation_split: float = Field(default=0.15, gt=0, lt=0.5)
+    """Fraction of the data held out for validation (early stopping, findings)."""
+    test_split: float = Field(default=0.15, ge=0, lt=0.5)
+    """Fraction of the data held out for the final test metrics; 0 disables the test split."""
+    fraction: float = Field(default=1.0, gt=0, le=1)
+    """Use only this fraction of the training split (to study scarce data)."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of the splits, the initial weights and the data order."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if (self.builtin is None) == (self.uri is None):
+            raise ValueError(
+                f"set exactly one of `builtin` ({', '.join(BUILTIN_DATASETS)}) or `uri` "
+                "(a file or folder)"
+            )
+        if self.uri is not None:
+            fmt = self.format or infer_format(self.uri)
+            if fmt is None:
+                raise FieldProblem(
+                    "format",
+                    "required when `uri` has no known extension; "
+                    "allowed: npz, csv, parquet, imagefolder",
+                )
+            if fmt in ("csv", "parquet") and not self.target:
+                raise FieldProblem("target", f"required for format {fmt}: the label column's name")
+        if self.builtin is not None and (self.format or self.target):
+            raise FieldProblem(
+                "format" if self.format else "target",
+                "applies to `uri` datasets only; remove it for a `builtin` dataset",
+            )
+        if self.validation_split + self.test_split >= 0.8:
+            raise FieldProblem(
+                "validationSplit",
+                f"validationSplit + testSplit is {self.validation_split + self.test_split:g}; "
+                "it must be below 0.8 to leave at least 20% to train",
+            )
+        return self
+
+    @property
+    def resolved_format(self) -> str | None:
+        return self.format or (infer_format(self.uri) if self.uri else None)
+
+
+def infer_format(uri: str) -> str | None:
+    """The dataset format implied by a file extension, if any."""
+    lowered = uri.lower().rstrip("/")
+    for ext, fmt in ((".npz", "npz"), (".csv", "csv"), (".parquet", "parquet"), (".pq", "parquet")):
+        if lowered.endswith(ext):
+            return fmt
+    return None
+
+
+class ImageAugmentationSpec(ApiModel):
+    """Image transforms (kornia). Applied to the training split only."""
+
+    rotation: float = Field(default=10.0, ge=0, le=180)
+    """Maximum rotation in degrees."""
+    translate: float = Field(default=0.1, ge=0, le=0.5)
+    """Maximum shift as a fraction of the image size."""
+    scale: list[float] = Field(default_factory=lambda: [0.9, 1.1], min_length=2, max_length=2)
+    """Range of zoom factors [min, max]."""
+    horizontal_flip: bool = False
+    """Flip left-right; leave off for digits and text, where a flip changes the class."""
+    vertical_flip: bool = False
+    """Flip upside-down."""
+    noise_std: float = Field(default=0.05, ge=0, le=1)
+    """Standard deviation of Gaussian noise, in units of the normalized pixel values."""
+    erasing: float = Field(default=0.0, ge=0, le=1)
+    """Probability of random erasing of a rectangle."""
+    mixup: float = Field(default=0.0, ge=0, le=10)
+    """Mixup alpha at training time; 0 disables."""
+    cutmix: float = Field(default=0.0, ge=0, le=10)
+    """CutMix alpha at training time; 0 disables."""
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> ImageAugmentationSpec:
+        low, high = self.scale
+        if not 0 < low <= high <= 4:
+            raise FieldProblem(
+                "scale", f"must be [min, max] with 0 < min <= max <= 4 (got {self.scale})"
+            )
+        return self
+
+
+class TabularAugmentationSpec(ApiModel):
+    """Tabular augmentation. Applied to the training split only."""
+
+    noise: float = Field(default=0.0, ge=0, le=1)
+    """Gaussian noise on numeric columns, in standard deviations of each column."""
+    smote: bool = False
+    """Oversample minority classes with SMOTE (classification only)."""
+    smote_neighbors: int = Field(default=5, ge=1, le=50)
+    """k nearest neighbours SMOTE interpolates between."""
+
+
+class AugmentationSpec(ApiModel):
+    """The augmentation stage: more training data from the data you have."""
+
+    enabled: bool = False
+    """Run the augmentation stage before training."""
+    multiplier: int = Field(default=2, ge=1, le=100)
+    """Augmented copies of each training example (on top of the originals)."""
+    shards: int = Field(default=1, ge=1, le=64)
+    """Parallel workers that each augment a part of the training split."""
+    image: ImageAugmentationSpec | None = None
+    tabular: TabularAugmentationSpec | None = None
+
+
+class ModelSpec(ApiModel):
+    """The network. Set exactly one of builtin or entrypoint."""
+
+    builtin: Literal["mlp", "cnn", "resnet"] | None = None
+    """mlp for tabular data, cnn for small images, resnet for larger images."""
+    entrypoint: str | None = Field(default=None, pattern=ENTRYPOINT_PATTERN)
+    """User model: "package.module:function"; called with (input_shape, num_outputs, dropout,
+    **params) and returning a torch.nn.Module. The module must be importable in the image."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Model parameters. mlp: hiddenUnits; cnn: channels, hiddenUnits; resnet: channels,
+    blocksPerStage. Passed as keyword arguments to an entrypoint."""
+
+    @model_validator(mode="after")
+    def _one_model(self) -> ModelSpec:
+        if (self.builtin is None) == (self.entrypoint is None):
+            raise ValueError("set exactly one of `builtin` (mlp, cnn, resnet) or `entrypoint`")
+        if self.builtin is not None:
+            allowed = BUILTIN_MODEL_PARAMS[self.builtin]
+            for key, value in self.params.items():
+                if key not in allowed:
+                    raise FieldProblem(
+                        f"params.{key}",
+                        f"not a parameter of the {self.builtin} model; "
+                        f"allowed: {', '.join(allowed)}",
+                    )
+                _check_builtin_param(key, value)
+        return self
+
+
+def _check_builtin_param(key: str, value: Any) -> None:
+    if key in ("hiddenUnits", "channels") and isinstance(value, list):
+        if not value or not all(isinstance(v, int) and 1 <= v <= 8192 for v in value):
+            raise FieldProblem(f"params.{key}", "must be a non-empty list of integers in 1..8192")
+        return
+    ok_int = isinstance(value, int) and not isinstance(value, bool)
+    if key == "hiddenUnits" and ok_int and 1 <= value <= 8192:
+        return
+    if key == "blocksPerStage" and ok_int and 1 <= value <= 8:
+        return
+    expected = {
+        "hiddenUnits": "an integer or a list of integers in 1..8192",
+        "channels": "a list of integers in 1..8192",
+        "blocksPerStage": "an integer in 1..8",
+    }[key]
+    raise FieldProblem(f"params.{key}", f"must be {expected} (got {value!r})")
+
+
+class EarlyStoppingSpec(ApiModel):
+    """Stop when the monitored metric stops improving."""
+
+    enabled: bool = True
+    """Set false to keep the section but switch early stopping off."""
+    monitor: Literal["val_loss", "val_accuracy", "val_rmse"] = "val_loss"
+    """The validation metric to watch; accuracy is maximized, loss and rmse minimized."""
+    patience: int = Field(default=5, ge=1, le=1000)
+    """Epochs without improvement before stopping."""
+    min_delta: float = Field(default=0.0, ge=0, le=1)
+    """Relative improvement that counts: 0.01 means 1% better than the best so far."""
+    restore_best: bool = True
+    """Keep the weights of the best epoch, not the last."""
+
+
+class CrossValidationSpec(ApiModel):
+    """k-fold cross-validation on the training + validation data (the test split stays out)."""
+
+    folds: int = Field(ge=2, le=20)
+    """Number of folds k; each fold trains and validates one model."""
+
+
+class ResourcesSpec(ApiModel):
+    """Compute for the training stage, per node (pod)."""
+
+    nodes: int = Field(default=1, ge=1, le=256)
+    """Machines (pods); each runs nprocPerNode DDP workers."""
+    nproc_per_node: int | None = Field(default=None, ge=1, le=64)
+    """DDP worker processes per node; defaults to gpusPerNode, or 1 on CPU."""
+    gpus_per_node: int = Field(default=0, ge=0, le=16)
+    """nvidia.com/gpu per node; 0 trains on the CPU."""
+    cpu: str = Field(default="1", pattern=CPU_PATTERN)
+    """CPU request per node, a Kubernetes quantity (500m, 2)."""
+    memory: str = Field(default="2Gi", pattern=MEMORY_PATTERN)
+    """Memory request per node, a Kubernetes quantity (512Mi, 4Gi)."""
+
+    @property
+    def workers_per_node(self) -> int:
+        return self.nproc_per_node or max(1, self.gpus_per_node)
+
+    @model_validator(mode="after")
+    def _gpu_workers(self) -> ResourcesSpec:
+        if self.gpus_per_node and self.nproc_per_node and self.nproc_per_node > self.gpus_per_node:
+            raise FieldProblem(
+                "nprocPerNode",
+                "cannot exceed `gpusPerNode` (one worker per GPU); "
+                f"got {self.nproc_per_node} workers for {self.gpus_per_node} GPUs",
+            )
+        return self
+
+
+class CheckpointSpec(ApiModel):
+    """Checkpoints for resuming after a crash, eviction or suspend."""
+
+    every_epochs: int = Field(default=1, ge=1, le=10000)
+    """Save a checkpoint every N epochs (and at the end)."""
+
+
+class TrainingSpec(ApiModel):
+    """The training stage: optimizer, regularization, precision and compute."""
+
+    epochs: int = Field(default=20, ge=1, le=10000)
+    """Passes over the training split (early stopping may end training sooner)."""
+    batch_size: int = Field(default=64, ge=1, le=65536)
+    """Global batch size, split across all DDP workers."""
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    """adamw, or sgd with momentum."""
+    learning_rate: float = Field(default=1e-3, gt=0, le=10)
+    """Peak learning rate; the schedule scales it over the epochs."""
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    """Momentum for sgd."""
+    schedule: Literal["constant", "cosine", "step", "onecycle"] = "cosine"
+    """Learning-rate schedule over the epochs."""
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    """Decoupled weight decay (L2 regularization)."""
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    """Dropout probability in the built-in models."""
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    """Label smoothing for classification."""
+    early_stopping: EarlyStoppingSpec | None = None
+    cross_validation: CrossValidationSpec | None = None
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast precision on GPU; the CPU trains in fp32."""
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    command: list[str] | None = Field(default=None, min_length=1)
+    """Custom script mode: run this command instead of the built-in trainer; it reports through
+    the kubetrain reporting protocol (JSON lines). Not available yet."""
+
+    @model_validator(mode="after")
+    def _monitor_matches(self) -> TrainingSpec:
+        if self.precision == "fp16" and self.resources.gpus_per_node == 0:
+            raise FieldProblem(
+                "precision", "fp16 needs GPUs (`resources.gpusPerNode` > 0); use fp32 on the CPU"
+            )
+        return self
+
+
+class SearchDimension(ApiModel):
+    """One hyperparameter of the search space."""
+
+    type: Literal["float", "int", "categorical"]
+    """float or int (a range from low to high), or categorical (a list of choices)."""
+    low: float | None = None
+    """Lower bound of a float or int dimension (inclusive)."""
+    high: float | None = None
+    """Upper bound of a float or int dimension (inclusive)."""
+    log: bool = False
+    """Sample on a log scale (low must be > 0)."""
+    step: float | None = Field(default=None, gt=0)
+    """Grid step for int and float (needed by the grid sampler for numbers)."""
+    choices: list[Any] | None = Field(default=None, min_length=1)
+    """The values of a categorical dimension."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SearchDimension:
+        if self.type == "categorical":
+            if not self.choices:
+                raise FieldProblem("choices", "a categorical dimension needs a list of values")
+            if self.low is not None or self.high is not None:
+                raise FieldProblem(
+                    "low" if self.low is not None else "high",
+                    "a categorical dimension takes `choices`, not `low`/`high`",
+                )
+            return self
+        if self.low is None or self.high is None:
+            raise FieldProblem(
+                "low" if self.low is None else "high",
+                f"a {self.type} dimension needs `low` and `high` (or use type: categorical)",
+            )
+        if self.low >= self.high:
+            raise FieldProblem("low", f"must be less than `high` (got {self.low} >= {self.high})")
+        if self.log and self.low <= 0:
+            raise FieldProblem("low", f"must be > 0 with `log: true` (got {self.low})")
+        if self.choices is not None:
+            raise FieldProblem(
+                "choices", f"a {self.type} dimension takes `low`/`high`; use type: categorical"
+            )
+        return self
+
+
+# Hyperparameters a sweep may set, and where they land in the spec.
+TUNABLE_PARAMETERS = (
+    "learningRate", "weightDecay", "dropout", "batchSize", "optimizer", "momentum",
+    "labelSmoothing", "epochs", "schedule",
+)
+TUNABLE_PREFIX_MODEL = "model."
+
+
+class ObjectiveSpec(ApiModel):
+    """The validation metric the sweep optimizes, and in which direction."""
+
+    metric: Literal["val_loss", "val_accuracy", "val_rmse"] = "val_loss"
+    """The validation metric each trial reports."""
+    direction: Literal["minimize", "maximize"] = "minimize"
+    """maximize for val_accuracy; minimize for val_loss and val_rmse."""
+
+
+class TuningSpec(ApiModel):
+    """The tuning stage: a hyperparameter sweep whose best trial feeds the final training."""
+
+    enabled: bool = False
+    """Run the sweep before the final training."""
+    backend: Literal["optuna", "ray"] = "optuna"
+    """optuna (one study shared by all trial processes) or ray (Ray Tune)."""
+    sampler: Literal["grid", "random", "tpe", "cmaes", "gp"] = "tpe"
+    """How trials pick values: grid, random, tpe (Bayesian), cmaes, or gp (Gaussian process)."""
+    pruner: Literal["none", "median", "hyperband", "successive-halving"] = "median"
+    """Stops unpromising trials early; none runs every trial to the end."""
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    trials: int = Field(default=20, ge=1, le=10000)
+    """Trials in the sweep."""
+    parallelism: int = Field(default=2, ge=1, le=256)
+    """Trials running at once, each in its own process (pod)."""
+    epochs_per_trial: int | None = Field(default=None, ge=1, le=10000)
+    """Epochs of each trial; defaults to training.epochs."""
+    search_space: dict[str, SearchDimension] = Field(default_factory=dict)
+    """Hyperparameter name → dimension. Names: learningRate, weightDecay, dropout, batchSize,
+    optimizer, momentum, labelSmoothing, epochs, schedule, or model.<param>."""
+    storage: str | None = None
+    """An external Optuna storage URL (postgresql://...); default: a study server on the job's
+    storage."""
+
+    @model_validator(mode="after")
+    def _space(self) -> TuningSpec:
+        if not self.enabled:
+            return self
+        allowed = f"{', '.join(TUNABLE_PARAMETERS)} or model.<param>"
+        if not self.search_space:
+            raise FieldProblem(
+                "searchSpace", f"needs at least one hyperparameter when tuning is on: {allowed}"
+            )
+        for name in self.search_space:
+            if name not in TUNABLE_PARAMETERS and not name.startswith(TUNABLE_PREFIX_MODEL):
+                raise FieldProblem(f"searchSpace.{name}", f"is not tunable; allowed: {allowed}")
+        if self.sampler == "grid":
+            for name, dim in self.search_space.items():
+                if dim.type != "categorical" and dim.step is None:
+                    raise FieldProblem(
+                        f"searchSpace.{name}.step",
+                        f"required by the grid sampler for a {dim.type} dimension "
+                        "(or use another sampler: random, tpe, cmaes, gp)",
+                    )
+        expected = "maximize" if self.objective.metric == "val_accuracy" else "minimize"
+        if self.objective.direction != expected:
+            raise FieldProblem(
+                "objective.direction", f"must be {expected} for {self.objective.metric}"
+            )
+        return self
+
+
+class ExplanationSpec(ApiModel):
+    """The explanation stage: SHAP values of the trained model."""
+
+    enabled: bool = False
+    """Run the explanation stage after training."""
+    method: Literal["auto", "gradient", "deep", "permutation", "kernel"] = "auto"
+    """auto picks gradient (expected gradients) for torch models."""
+    samples: int = Field(default=100, ge=1, le=100000)
+    """Test examples to explain."""
+    background: int = Field(default=50, ge=1, le=10000)
+    """Background (reference) examples from the training split."""
+    top_k: int = Field(default=10, ge=1, le=1000)
+    """Features listed in status."""
+
+
+class OverfittingSpec(ApiModel):
+    """When to call a run overfitting, and what to do about it."""
+
+    gap_threshold: float = Field(default=0.1, gt=0, le=100)
+    """Relative gap (val_loss - train_loss) / train_loss above which the gap rule counts."""
+    patience: int = Field(default=3, ge=1, le=1000)
+    """Consecutive evaluations a rule must hold before it fires."""
+    warmup_epochs: int = Field(default=2, ge=0, le=10000)
+    """Epochs ignored at the start, when losses move fast."""
+    min_delta: float = Field(default=0.01, ge=0, le=1)
+    """Relative improvement of the validation loss that counts as improving (trend rule)."""
+    action: Literal["none", "stop"] = "none"
+    """stop: end training when overfitting is detected and keep the best checkpoint."""
+
+
+class PricesSpec(ApiModel):
+    """Prices per hour of requested resources."""
+
+    cpu_hour: float = Field(default=0.031611, ge=0)
+    """Per vCPU-hour. Default: Google Cloud N2, us-central1, on-demand list price."""
+    memory_gi_b_hour: float = Field(default=0.004237, ge=0, alias="memoryGiBHour")
+    """Per GiB-hour. Default: Google Cloud N2, us-central1, on-demand list price."""
+    gpu_hour: float = Field(default=2.933908, ge=0)
+    """Per GPU-hour. Default: Google Cloud NVIDIA A100 40GB, us-central1, on-demand list price."""
+    currency: str = Field(default="USD", pattern=CURRENCY_PATTERN)
+    """ISO 4217 code of the prices, e.g. USD or EUR."""
+
+
+class BudgetSpec(ApiModel):
+    """A spending limit for the whole job."""
+
+    max_cost: float = Field(gt=0)
+    """Stop launching work once the job's cost reaches this (in the price currency)."""
+    action: Literal["stop", "warn"] = "stop"
+    """stop: launch no further work once the budget is reached; warn: only set the
+    BudgetExceeded condition."""
+
+
+class CostSpec(ApiModel):
+    """How the cost finding prices the requested resources, and an optional budget."""
+
+    prices: PricesSpec = Field(default_factory=PricesSpec)
+    price_config_map: str | None = None
+    """On Kubernetes: a ConfigMap with keys cpuHour, memoryGiBHour, gpuHour, currency."""
+    budget: BudgetSpec | None = None
+
+
+class FindingsSpec(ApiModel):
+    """Settings of the findings computed from the run: overfitting and cost."""
+
+    overfitting: OverfittingSpec = Field(default_factory=OverfittingSpec)
+    cost: CostSpec = Field(default_factory=CostSpec)
+
+
+class RunPolicySpec(ApiModel):
+    """How the job runs on Kubernetes."""
+
+    backoff_limit: int = Field(default=3, ge=0, le=100)
+    """Restarts of a failed stage (training restarts its whole gang from the checkpoint)."""
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Fail the job when it runs longer than this."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """Delete the job this long after it finished."""
+    suspend: bool = False
+    """Remove running pods; resuming continues from the checkpoint."""
+    queue_name: str | None = Field(default=None, pattern=OBJECT_NAME_PATTERN)
+    """Kueue LocalQueue; set as the kueue.x-k8s.io/queue-name label."""
+
+
+class StorageSpec(ApiModel):
+    """Where checkpoints, models and reports go."""
+
+    pvc: str | None = Field(default=None, pattern=OBJECT_NAME_PATTERN)
+    """PersistentVolumeClaim mounted by every pod (ReadWriteMany when pods span nodes)."""
+    path: str | None = None
+    """Local executor: a directory (default ./kubetrain-runs/<name>); on Kubernetes, a subpath
+    inside the PVC."""
+
+
+class TrainingJobSpec(ApiModel):
+    """A whole training pipeline: data → augmentation → tuning → training → explanation."""
+
+    image: str | None = None
+    """Worker image; default from the operator's configuration."""
+    dataset: DatasetSpec
+    augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
+    model: ModelSpec
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    tuning: TuningSpec = Field(default_factory=TuningSpec)
+    explanation: ExplanationSpec = Field(default_factory=ExplanationSpec)
+    findings: FindingsSpec = Field(default_factory=FindingsSpec)
+    run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> TrainingJobSpec:
+        es = self.training.early_stopping
+        regression = self.dataset.builtin == "diabetes" or self.dataset.task == "regression"
+        classification = self.dataset.task == "classification" or (
+            self.dataset.builtin is not None and not regression
+        )
+        if es is not None and es.enabled:
+            if regression and es.monitor == "val_accuracy":
+                raise FieldProblem(
+                    "training.earlyStopping.monitor",
+                    "val_accuracy needs a classification dataset; use val_loss or val_rmse",
+                )
+            if classification and es.monitor == "val_rmse":
+                raise FieldProblem(
+                    "training.earlyStopping.monitor",
+                    "val_rmse needs a regression dataset; use val_loss or val_accuracy",
+                )
+        if self.tuning.enabled:
+            metric = self.tuning.objective.metric
+            if regression and metric == "val_accuracy":
+                raise FieldProblem(
+                    "tuning.objective.metric",
+                    "val_accuracy needs a classification dataset; use val_loss or val_rmse",
+                )
+            if classification and metric == "val_rmse":
+                raise FieldProblem(
+                    "tuning.objective.metric",
+                    "val_rmse needs a regression dataset; use val_loss or val_accuracy",
+                )
+        if self.training.cross_validation and self.training.resources.nodes > 1:
+            raise FieldProblem(
+                "training.crossValidation",
+                "runs one fold per work unit on one node; set `training.resources.nodes: 1`",
+            )
+        return self
+
+
+NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

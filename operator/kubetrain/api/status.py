@@ -1,0 +1,183 @@
+"""The TrainingJob ``status``: what happened, what it found and what it cost."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .base import StatusModel
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+StagePhase = Literal["Pending", "Running", "Succeeded", "Failed", "Skipped", "NotAvailable"]
+Verdict = Literal["none", "suspected", "overfitting"]
+
+# The closed set of condition reasons: dashboards and alerts can rely on them.
+CONDITION_REASONS = (
+    "Planned", "StageRunning", "StageSucceeded", "StageFailed", "StageNotAvailable",
+    "AllStagesSucceeded", "InvalidSpec", "WorkUnitFailed", "Interrupted", "BudgetExceeded",
+    "OverfittingDetected", "OverfittingSuspected", "NoOverfitting", "DeadlineExceeded",
+    "BackoffLimitExceeded", "Suspended", "ReconcileError",
+)
+
+
+class Condition(StatusModel):
+    """A standard Kubernetes condition."""
+
+    type: str
+    """Running, Succeeded, Failed, Suspended, <Stage>Complete, OverfittingDetected,
+    BudgetExceeded, Invalid."""
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+
+
+class StageStatus(StatusModel):
+    """One stage of the pipeline."""
+
+    phase: StagePhase = "Pending"
+    start_time: str | None = None
+    completion_time: str | None = None
+    jobs: list[str] = Field(default_factory=list)
+    """Work units (pods, or local processes) of this stage."""
+    message: str = ""
+    cost: float | None = None
+
+
+class TrialCounts(StatusModel):
+    total: int = 0
+    running: int = 0
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+
+
+class BestTrial(StatusModel):
+    trial: int
+    params: dict[str, Any]
+    value: float
+
+
+class TuningStatus(StatusModel):
+    """The sweep: trial counts and the best trial so far."""
+
+    trials: TrialCounts = Field(default_factory=TrialCounts)
+    best: BestTrial | None = None
+
+
+class CrossValidationStatus(StatusModel):
+    folds: int
+    metric: str
+    mean: float
+    std: float
+    values: list[float]
+
+
+class TrainingStatus(StatusModel):
+    """The final training: epochs, latest and best metrics, checkpoint."""
+
+    epoch: int = 0
+    epochs: int = 0
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Latest epoch's metrics: train_loss, val_loss, val_accuracy or val_rmse, lr."""
+    best_epoch: int | None = None
+    best_metrics: dict[str, float] = Field(default_factory=dict)
+    test_metrics: dict[str, float] = Field(default_factory=dict)
+    stopped_early: bool = False
+    stop_reason: str | None = None
+    checkpoint: str | None = None
+    resumed_from_epoch: int | None = None
+    samples_per_second: float | None = None
+    cross_validation: CrossValidationStatus | None = None
+
+
+class OverfittingFinding(StatusModel):
+    """Whether the model overfits, the evidence, and what to do about it."""
+
+    verdict: Verdict = "none"
+    gap: float | None = None
+    """Relative gap (val_loss - train_loss) / train_loss of the delivered model's epoch."""
+    best_epoch: int | None = None
+    epochs_after_best: int = 0
+    rules: list[str] = Field(default_factory=list)
+    """The rules that fired: gap, trend, diverging, not-decreasing, non-finite."""
+    evidence: list[str] = Field(default_factory=list)
+    recommendations: list[str] = Field(default_factory=list)
+
+
+class StageCost(StatusModel):
+    seconds: float
+    cpu_hours: float
+    gpu_hours: float
+    memory_gi_b_hours: float = Field(alias="memoryGiBHours")
+    cost: float
+
+
+class BudgetStatus(StatusModel):
+    max_cost: float
+    spent: float
+    exceeded: bool
+
+
+class CostFinding(StatusModel):
+    """What the job cost: resource-hours priced per stage, and the budget."""
+
+    currency: str = "USD"
+    cpu_hours: float = 0.0
+    gpu_hours: float = 0.0
+    memory_gi_b_hours: float = Field(default=0.0, alias="memoryGiBHours")
+    total: float = 0.0
+    by_stage: dict[str, StageCost] = Field(default_factory=dict)
+    after_best_epoch: float = 0.0
+    """What the epochs after the best one cost: the saving early stopping could have made."""
+    saved_by_pruning: float | None = None
+    budget: BudgetStatus | None = None
+
+
+class FeatureAttribution(StatusModel):
+    feature: str
+    mean_abs_shap: float
+
+
+class ExplanationFinding(StatusModel):
+    """Which features drive the model's predictions (SHAP)."""
+
+    method: str
+    top_features: list[FeatureAttribution] = Field(default_factory=list)
+    completeness_error: float | None = None
+    artifact: str | None = None
+
+
+class Findings(StatusModel):
+    """What kubetrain found about the run: overfitting, cost, explanations."""
+
+    overfitting: OverfittingFinding | None = None
+    cost: CostFinding | None = None
+    explanation: ExplanationFinding | None = None
+
+
+class TrainingJobStatus(StatusModel):
+    """What the job did, found and cost; written by the operator (or the local executor)."""
+
+    phase: Phase = "Pending"
+    """Pending, Running, Succeeded, Failed or Suspended."""
+    current_stage: str | None = None
+    """The stage running now (augmentation, tuning, training, explanation); unset when done."""
+    progress: str | None = None
+    """Progress of the current stage for people, e.g. "12/20 epochs" or "8/20 trials"."""
+    best: str | None = None
+    """The best validation result so far for people, e.g. "val_accuracy=0.981 @ epoch 14"."""
+    observed_generation: int | None = None
+    """The metadata.generation of the spec this status describes."""
+    start_time: str | None = None
+    completion_time: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    """Running, Succeeded, Failed, Suspended, <Stage>Complete, OverfittingDetected, ..."""
+    stages: dict[str, StageStatus] = Field(default_factory=dict)
+    """Stage name (augmentation, tuning, training, explanation) → its status."""
+    tuning: TuningStatus | None = None
+    training: TrainingStatus | None = None
+    findings: Findings = Field(default_factory=Findings)
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    """Files the job produced: model, report, lossCurve, ..."""

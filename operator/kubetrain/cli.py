@@ -1,0 +1,112 @@
+"""The ``kubetrain`` command: run a TrainingJob here, print the CRD, validate manifests."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from . import __version__
+from .api import ManifestError, load_training_job
+
+EXIT_INVALID = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .local.display import Display
+    from .local.executor import JobInterrupted, LocalExecutor
+
+    err = Console(stderr=True)
+    job = load_training_job(args.file)
+    manifest_dir = args.file.resolve().parent
+    if args.storage:
+        storage = args.storage
+    elif job.spec.storage.path:
+        storage = manifest_dir / job.spec.storage.path
+    else:
+        storage = Path.cwd() / "kubetrain-runs" / job.metadata.name
+    show = args.progress if args.progress is not None else err.is_terminal
+    executor = LocalExecutor(job, base_dir=manifest_dir, storage=storage.resolve(),
+                             display=Display(enabled=show, console=err), resume=args.resume)
+    err.print(f"[bold]kubetrain[/] {__version__}: running TrainingJob "
+              f"[bold]{job.metadata.name}[/] (stages: {', '.join(executor.plan.stage_names)}; "
+              f"storage {storage})")
+    try:
+        result = executor.run()
+    except JobInterrupted:
+        err.print(f"[red]interrupted[/]: status written to {storage / 'status.yaml'}; "
+                  "`kubetrain run --resume` continues from the last checkpoint")
+        return EXIT_INTERRUPTED
+    text = yaml.safe_dump(result.to_manifest(), sort_keys=False)
+    if args.output:
+        args.output.write_text(text)
+        err.print(f"status written to {args.output}")
+    else:
+        sys.stdout.write(text)
+    status = result.status
+    assert status is not None
+    over = status.findings.overfitting
+    err.print(f"[bold]{status.phase}[/]: best {status.best or '-'}; overfitting "
+              f"{over.verdict if over else '-'}; cost {status.findings.cost.total:.6f} "
+              f"{status.findings.cost.currency}; report {status.artifacts.get('report')}"
+              if status.findings.cost else f"[bold]{status.phase}[/]")
+    return 0 if status.phase == "Succeeded" else EXIT_FAILED
+
+
+def _cmd_crd(args: argparse.Namespace) -> int:
+    from .api.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    for path in args.files:
+        load_training_job(path)
+        print(f"{path}: valid")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubetrain", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"kubetrain {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a TrainingJob on this machine (no cluster)")
+    run.add_argument("file", type=Path, help="TrainingJob manifest (YAML)")
+    run.add_argument("-o", "--output", type=Path, help="write the TrainingJob with its status "
+                     "here instead of stdout")
+    run.add_argument("--storage", type=Path, help="storage directory (default: spec.storage.path "
+                     "or ./kubetrain-runs/<name>)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from the checkpoints in storage instead of starting afresh")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="live progress bars (default: when stderr is a terminal)")
+    run.set_defaults(func=_cmd_run)
+
+    crd = sub.add_parser("crd", help="print the TrainingJob CustomResourceDefinition")
+    crd.set_defaults(func=_cmd_crd)
+
+    validate = sub.add_parser("validate", help="check TrainingJob manifests")
+    validate.add_argument("files", type=Path, nargs="+")
+    validate.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ManifestError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Datasets: loading (built-ins, npz, csv, parquet, image folders), splits and standardization."""
+
+from .datasets import Dataset, DatasetError, infer_task, load_dataset, resolve_uri
+from .splits import Splits, Standardizer, kfold_splits, split_dataset
+
+__all__ = [
+    "Dataset",
+    "DatasetError",
+    "Splits",
+    "Standardizer",
+    "infer_task",
+    "kfold_splits",
+    "load_dataset",
+    "resolve_uri",
+    "split_dataset",
+]

@@ -1,0 +1,108 @@
+"""Artifacts a person reads: the loss curve with the best epoch marked, and a report."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and in pods
+import matplotlib.pyplot as plt
+
+from ..api.resource import TrainingJob
+
+
+def plot_loss_curve(history: Sequence[Mapping[str, float]], best_epoch: int | None,
+                    path: Path, title: str) -> Path:
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train loss", color="#1f77b4")
+    ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss", color="#d62728")
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="#2ca02c", linestyle="--", label=f"best epoch {best_epoch}")
+    metric = "val_accuracy" if history and "val_accuracy" in history[0] else "val_rmse"
+    if history and metric in history[0]:
+        twin = ax.twinx()
+        twin.plot(epochs, [h[metric] for h in history], color="#7f7f7f", alpha=0.6,
+                  linestyle=":", label=metric)
+        twin.set_ylabel(metric)
+        twin.legend(loc="center right", frameon=False)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend(loc="upper right", frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_report(job: TrainingJob, history: Sequence[Mapping[str, float]], path: Path) -> Path:
+    """A Markdown report: outcome, metrics, findings with evidence, cost, artifacts."""
+    status = job.status
+    assert status is not None
+    name = job.metadata.name
+    lines = [f"# TrainingJob {name}", "", f"**Phase:** {status.phase}", ""]
+    for condition in status.conditions:
+        if condition.type in ("Failed", "BudgetExceeded") and condition.status == "True":
+            lines += [f"**{condition.type}** ({condition.reason}): {condition.message}", ""]
+    lines += ["## Stages", ""]
+    lines += _table([(n, s.phase, ", ".join(s.jobs), s.message) for n, s in status.stages.items()],
+                    ["stage", "phase", "work units", "message"])
+    training = status.training
+    if training:
+        lines += ["", "## Training", ""]
+        lines.append(f"Epochs run: {training.epoch} of {training.epochs}; best epoch: "
+                     f"{training.best_epoch}; stopped early: {training.stopped_early}"
+                     + (f" ({training.stop_reason})" if training.stop_reason else ""))
+        lines.append("")
+        rows = [(k, _fmt(v)) for k, v in {**training.best_metrics, **training.test_metrics}.items()]
+        lines += _table(rows, ["metric (best epoch / test)", "value"])
+        if training.cross_validation:
+            cv = training.cross_validation
+            lines += ["", f"Cross-validation ({cv.folds} folds): {cv.metric} = "
+                      f"{cv.mean:.4f} ± {cv.std:.4f} (folds: "
+                      + ", ".join(f"{v:.4f}" for v in cv.values) + ")"]
+        if training.samples_per_second:
+            lines += ["", f"Throughput: {training.samples_per_second:,.0f} samples/s"]
+    over = status.findings.overfitting
+    if over:
+        lines += ["", "## Overfitting", "", f"**Verdict: {over.verdict}**"
+                  + (f" (rules: {', '.join(over.rules)})" if over.rules else ""), ""]
+        lines += [f"- {e}" for e in over.evidence]
+        if over.recommendations:
+            lines += ["", "Recommendations:", ""] + [f"- {r}" for r in over.recommendations]
+    cost = status.findings.cost
+    if cost:
+        lines += ["", "## Cost", "", f"Total: {cost.total:.6f} {cost.currency} "
+                  f"(CPU {cost.cpu_hours:.4f} h, GPU {cost.gpu_hours:.4f} h, memory "
+                  f"{cost.memory_gi_b_hours:.4f} GiB-h); after the best epoch: "
+                  f"{cost.after_best_epoch:.6f} {cost.currency}", ""]
+        cost_rows = [(s, f"{c.seconds:.1f}", f"{c.cost:.6f}") for s, c in cost.by_stage.items()]
+        lines += _table(cost_rows, ["stage", "seconds", f"cost ({cost.currency})"])
+        if cost.budget:
+            lines += ["", f"Budget: {cost.budget.spent:.6f} of {cost.budget.max_cost} "
+                      f"{'(exceeded)' if cost.budget.exceeded else ''}"]
+    if history:
+        lines += ["", "## Epochs", ""]
+        keys = [k for k in ("train_loss", "val_loss", "val_accuracy", "val_rmse", "lr")
+                if k in history[0]]
+        lines += _table([[int(h["epoch"])] + [_fmt(h[k]) for k in keys] for h in history],
+                        ["epoch", *keys])
+    if status.artifacts:
+        lines += ["", "## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in status.artifacts.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,128 @@
+"""The reporting protocol shared by every work unit, in a pod or as a local process.
+
+- progress: one JSON object per line on stdout, tagged ``{"kubetrain": 1, "event": ...}``;
+  other stdout lines are ordinary logs. The executor (local, or the operator reading pod logs)
+  picks the tagged lines out.
+- result: a final summary of at most 4 KB of JSON written to a result file: in a pod that is
+  ``/dev/termination-log``, which Kubernetes puts in the container's termination message.
+- large outputs: files in the job's storage directory, named in the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+PROTOCOL_VERSION = 1
+TAG = "kubetrain"
+# Kubernetes truncates termination messages at 4096 bytes; stay under it.
+MAX_RESULT_BYTES = 4096
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN or Infinity: report them as strings so the line stays parseable."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def encode_event(event: str, **fields: Any) -> str:
+    return json.dumps(_clean({TAG: PROTOCOL_VERSION, "event": event, **fields}))
+
+
+def parse_event(line: str) -> dict[str, Any] | None:
+    """The event on a stdout line, or None for an ordinary log line."""
+    line = line.strip()
+    if not line.startswith("{") or f'"{TAG}"' not in line:
+        return None
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or data.get(TAG) != PROTOCOL_VERSION:
+        return None
+    return data
+
+
+def parse_events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        event = parse_event(line)
+        if event is not None:
+            yield event
+
+
+def compact_result(summary: dict[str, Any]) -> str:
+    """The summary as JSON within MAX_RESULT_BYTES, dropping the bulkiest fields first."""
+    data = _clean(dict(summary))
+    text = json.dumps(data, separators=(",", ":"))
+    if len(text.encode()) <= MAX_RESULT_BYTES:
+        return text
+    # Lists (histories, per-sample values) live in files; keep the scalars.
+    for key in sorted(data, key=lambda k: -len(json.dumps(data[k]))):
+        if isinstance(data[key], list | dict):
+            data[key] = "truncated: see files in storage"
+            data["truncated"] = True
+            text = json.dumps(data, separators=(",", ":"))
+            if len(text.encode()) <= MAX_RESULT_BYTES:
+                return text
+    raise ValueError("result summary does not fit in 4 KB even without lists")
+
+
+def default_result_path() -> Path | None:
+    return TERMINATION_LOG if TERMINATION_LOG.parent.exists() and os.access(
+        TERMINATION_LOG.parent, os.W_OK
+    ) and TERMINATION_LOG.exists() else None
+
+
+class Reporter:
+    """Emits progress events and the final result. Only rank 0 of a DDP gang reports."""
+
+    def __init__(self, result_path: Path | None, *, enabled: bool = True,
+                 stream: TextIO | None = None) -> None:
+        self.result_path = result_path
+        self.enabled = enabled
+        self.stream = stream or sys.stdout
+
+    def event(self, event: str, **fields: Any) -> None:
+        if self.enabled:
+            print(encode_event(event, **fields), file=self.stream, flush=True)
+
+    def result(self, summary: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        text = compact_result(summary)
+        if self.result_path is not None:
+            self.result_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.result_path.with_name(self.result_path.name + ".tmp")
+            if self.result_path == TERMINATION_LOG:
+                self.result_path.write_text(text)
+            else:
+                tmp.write_text(text)
+                os.replace(tmp, self.result_path)
+        self.event("result", summary=json.loads(text))
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write a JSON file so that a reader never sees half of it (a killed writer leaves none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(_clean(data), indent=1))
+    os.replace(tmp, path)

@@ -1,0 +1,171 @@
+"""The training work unit: ``python -m kubetrain.workloads.train`` (alone or under torchrun).
+
+The same entrypoint runs as a local process and in a pod. Started again with the same storage
+directory, it resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..api import load_training_job
+from ..api.spec import TrainingJobSpec
+from ..data import Standardizer, kfold_splits, load_dataset, split_dataset
+from ..models import build_model
+from ..pipeline.params import apply_params
+from . import checkpoint as ckpt
+from .distributed import DistContext, init_distributed, shutdown
+from .report import Reporter, default_result_path, write_json_atomic
+from .trainer import EpochCallback, TensorSplit, Trainer
+
+MODEL_FILE = "model.pt"
+HISTORY_FILE = "history.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m kubetrain.workloads.train",
+                                     description="kubetrain training work unit")
+    parser.add_argument("--job", required=True, type=Path, help="TrainingJob manifest (YAML)")
+    parser.add_argument("--storage", required=True, type=Path,
+                        help="the job's storage directory (shared by all work units)")
+    parser.add_argument("--unit", default="train", help="work unit name (its folder in storage)")
+    parser.add_argument("--fold", type=int, default=None, help="cross-validation fold to train")
+    parser.add_argument("--params", default=None, help="hyperparameters as JSON (tuning)")
+    parser.add_argument("--epochs", type=int, default=None, help="override training.epochs")
+    parser.add_argument("--result", type=Path, default=None,
+                        help="result file (default: /dev/termination-log in a pod, else "
+                             "<storage>/<unit>/result.json)")
+    parser.add_argument("--base-dir", type=Path, default=Path.cwd(),
+                        help="folder that relative dataset URIs are resolved against")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="where pvc://claim/path dataset URIs are mounted")
+    return parser.parse_args(argv)
+
+
+def _to_tensors(X: np.ndarray, y: np.ndarray, task: str, device: torch.device,
+                channels_last: bool) -> TensorSplit:
+    xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
+    if channels_last and xt.dim() == 4:
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    yt = torch.from_numpy(y.astype(np.int64) if task == "classification"
+                          else y.astype(np.float32).reshape(-1, 1)).to(device)
+    return TensorSplit(xt, yt)
+
+
+def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict[str, Any]:
+    job = load_training_job(args.job)
+    spec: TrainingJobSpec = job.spec
+    if args.params:
+        spec = apply_params(spec, json.loads(args.params))
+    torch.manual_seed(spec.dataset.seed)
+    ctx: DistContext = init_distributed(use_gpu=spec.training.resources.gpus_per_node > 0)
+    unit_dir = args.storage / args.unit
+    result_path = args.result or default_result_path() or unit_dir / "result.json"
+    reporter = Reporter(result_path, enabled=ctx.is_main)
+    try:
+        return _train(spec, args, ctx, unit_dir, reporter, on_epoch)
+    finally:
+        shutdown(ctx)
+
+
+def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, unit_dir: Path,
+           reporter: Reporter, on_epoch: EpochCallback | None) -> dict[str, Any]:
+    started = time.time()
+    dataset = load_dataset(spec.dataset, base_dir=args.base_dir, data_root=args.data_root)
+    if args.fold is not None:
+        folds = spec.training.cross_validation.folds if spec.training.cross_validation else 0
+        if not 0 <= args.fold < folds:
+            raise SystemExit(f"--fold {args.fold} is outside training.crossValidation.folds")
+        splits = kfold_splits(dataset, spec.dataset, folds)[args.fold]
+    else:
+        splits = split_dataset(dataset, spec.dataset)
+    scaler = Standardizer().fit(splits.train[0])
+    target_mean, target_std = 0.0, 1.0
+    if dataset.task == "regression":
+        target_mean = float(splits.train[1].mean())
+        target_std = float(splits.train[1].std()) or 1.0
+
+    def prepare(part: tuple[np.ndarray, np.ndarray]) -> TensorSplit:
+        X, y = part
+        y = (y - target_mean) / target_std if dataset.task == "regression" else y
+        return _to_tensors(scaler.transform(X), y, dataset.task, ctx.device,
+                           ctx.device.type == "cuda")
+
+    train, val, test = prepare(splits.train), prepare(splits.val), prepare(splits.test)
+    model = build_model(spec.model, dataset.input_shape, dataset.num_outputs,
+                        spec.training.dropout)
+    reporter.event(
+        "start", unit=args.unit, world_size=ctx.world_size, device=str(ctx.device),
+        dataset=dataset.name, task=dataset.task, train=len(train), val=len(val), test=len(test),
+        parameters=sum(p.numel() for p in model.parameters()),
+        epochs=args.epochs or spec.training.epochs,
+    )
+    trainer = Trainer(spec, model, dataset.task, train, val, ctx, reporter,
+                      checkpoint_dir=unit_dir / "checkpoints", epochs=args.epochs,
+                      on_epoch=on_epoch, target_scale=target_std)
+    fit = trainer.fit()
+    test_metrics = trainer.evaluate(test, "test") if len(test) else {}
+    summary: dict[str, Any] = {
+        "unit": args.unit,
+        "fold": args.fold,
+        "status": "succeeded",
+        "task": dataset.task,
+        "epochs_run": len(fit.history),
+        "best_epoch": fit.best_epoch,
+        "best_metrics": fit.best_metrics,
+        "final_metrics": {k: v for k, v in fit.history[-1].items()
+                          if k.startswith(("train_", "val_"))} if fit.history else {},
+        "test_metrics": test_metrics,
+        "stopped_early": fit.stopped_early,
+        "stop_reason": fit.stop_reason,
+        "resumed_from_epoch": fit.resumed_from_epoch,
+        "restored_best": fit.restored_best,
+        "samples_per_second": round(fit.samples_per_second, 1),
+        "world_size": ctx.world_size,
+        "device": ctx.device.type,
+        "seconds": round(time.time() - started, 3),
+        "epoch_seconds": [round(s, 4) for s in fit.epoch_seconds],
+        "history": str(unit_dir / HISTORY_FILE),
+        "checkpoint": str(unit_dir / "checkpoints" / ckpt.LATEST),
+    }
+    if ctx.is_main:
+        write_json_atomic(unit_dir / HISTORY_FILE, fit.history)
+        if args.fold is None:
+            torch.save({
+                "state_dict": trainer.model.state_dict(),
+                "model": spec.model.model_dump(by_alias=True, exclude_none=True),
+                "dropout": spec.training.dropout,
+                "input_shape": list(dataset.input_shape),
+                "num_outputs": dataset.num_outputs,
+                "task": dataset.task,
+                "kind": dataset.kind,
+                "standardizer": scaler.to_dict(),
+                "target": {"mean": target_mean, "std": target_std},
+                "class_names": dataset.class_names,
+                "feature_names": dataset.feature_names,
+                "best_epoch": fit.best_epoch,
+            }, unit_dir / MODEL_FILE)
+            summary["model"] = str(unit_dir / MODEL_FILE)
+    if fit.stop_reason == "terminated by signal":
+        summary["status"] = "terminated"
+    reporter.result(summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    summary = run(args)
+    # A terminated run saved its checkpoint; a non-zero code tells the executor it is not done.
+    return 143 if summary["status"] == "terminated" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
