@@ -87,7 +87,15 @@ def test_classic_overfit() -> None:
     gap_sentence = finding.evidence[0]
     assert gap_sentence.startswith(f"val_loss 0.8 vs train_loss {train_40:.4g} at epoch 40: gap ")
     assert f"gap {expected_gap:.4g} > 0.1 for the last 3 epochs" in gap_sentence
-    assert "epochs 38-40" in finding.evidence[1]
+    # Trend, measured from the best validation loss (0.3 at epoch 15, 25 epochs before the end):
+    # val 0.3 -> 0.8 is +166.7%; train 2*0.85^14 -> 2*0.85^39 fell by 1 - 0.85^25.
+    train_15 = 2.0 * 0.85**14
+    train_fell = (1 - 0.85**25) * 100
+    assert finding.evidence[1] == (
+        "val_loss has not improved by more than 1% for 25 epochs since its best 0.3 at epoch 15 "
+        f"(now 0.8, +166.7%), while train_loss fell {train_fell:.4g}% "
+        f"({train_15:.4g} -> {train_40:.4g} at epoch 40)"
+    )
     assert "from its minimum 0.3 at epoch 15 to 0.8 at epoch 40" in finding.evidence[2]
     assert finding.evidence[3] == "best val_loss at epoch 15; 25 epochs trained after it"
 
@@ -157,39 +165,189 @@ def test_trend_rule_alone_is_suspected() -> None:
     assert finding.verdict == "suspected"
     assert finding.rules == ["trend"]
     assert finding.gap == pytest.approx((0.453 - 0.5) / 0.5)
+    # Best val 0.45 first at epoch 4 (the tie at epoch 5 goes to the earlier epoch); epochs 5-8
+    # follow it. val 0.45 -> 0.453 is +0.6667%; train 0.7 at epoch 4 -> 0.5 fell 2/7 = 28.57%.
     assert finding.evidence[0] == (
-        "val_loss did not improve by more than 1% over epochs 6-8: best 0.451 vs 0.45 before "
-        "(+0.2222%), while train_loss fell 23.08% (0.65 at epoch 5 -> 0.5 at epoch 8)"
+        "val_loss has not improved by more than 1% for 4 epochs since its best 0.45 at epoch 4 "
+        "(now 0.453, +0.6667%), while train_loss fell 28.57% (0.7 -> 0.5 at epoch 8)"
     )
+    assert finding.evidence[1] == "best val_loss at epoch 4; 4 epochs trained after it"
     assert finding.best_epoch == 4
     assert finding.epochs_after_best == 4
     assert finding.recommendations  # suspected runs get advice too
 
 
+def test_trend_needs_patience_evaluations_since_the_best() -> None:
+    # Best val at epoch 6 (post-warmup epochs 3-8): only 2 evaluations after it, patience is 3.
+    train = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
+    val = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.505, 0.51]
+    spec = make_spec(overfitting={"gapThreshold": 100})
+    assert analyze_overfitting(make_history(train, val), spec).rules == []
+    # One more stalled evaluation makes 3.
+    history = make_history([*train, 0.2], [*val, 0.508])
+    finding = analyze_overfitting(history, spec)
+    assert finding.rules == ["trend"]
+    assert "for 3 epochs since its best 0.5 at epoch 6" in finding.evidence[0]
+
+
 def test_trend_needs_training_loss_still_improving() -> None:
-    history = trend_only()
+    history = trend_only()  # best val at epoch 4, where train_loss was 0.7
+    # Training stalled over the last 3 epochs, but at 0.65 it is still 7.1% below its value at
+    # the best validation epoch: measured from the best, the trend holds.
     for row in history[-3:]:
-        row["train_loss"] = 0.65  # training stalled too: a plateau, not overfitting
+        row["train_loss"] = 0.65
+    assert analyze_overfitting(history, make_spec()).rules == ["trend"]
+    # 0.695 is only 0.71% below 0.7 (the limit is 0.7 * 0.99 = 0.693): a plateau, not overfitting.
+    for row in history[4:]:
+        row["train_loss"] = 0.695
     finding = analyze_overfitting(history, make_spec())
     assert finding.verdict == "none"
     assert finding.rules == []
+    # 0.69 is 1.43% below: the trend is back.
+    history[-1]["train_loss"] = 0.69
+    assert analyze_overfitting(history, make_spec()).rules == ["trend"]
 
 
 @pytest.mark.parametrize("scale", [1.0, 1000.0])
 def test_min_delta_is_relative(scale: float) -> None:
-    # Validation improves 0.2% per epoch (0.6% over the 3-epoch window); training 10% per epoch.
-    # The gap rule is switched off (huge threshold) to isolate the trend rule.
-    train = [scale * 0.5 * 0.9**i for i in range(10)]
-    val = [scale * 0.5 * 0.998**i for i in range(10)]
+    # Best val 0.45 at epoch 5, then 3 stalled evaluations; training falls 0.4 -> 0.398 after it,
+    # 0.5%: below a 1% minDelta, above 0.1%. The gap and diverging rules are switched off (huge
+    # threshold) to isolate the trend rule.
+    train = [scale * t for t in (1.0, 0.8, 0.6, 0.5, 0.4, 0.399, 0.398, 0.398)]
+    val = [scale * v for v in (1.0, 0.8, 0.6, 0.5, 0.45, 0.46, 0.47, 0.48)]
     history = make_history(train, val)
 
     strict = make_spec(overfitting={"minDelta": 0.01, "gapThreshold": 100})
-    assert analyze_overfitting(history, strict).rules == ["trend"]
-    assert analyze_overfitting(history, strict).verdict == "suspected"
+    finding = analyze_overfitting(history, strict)
+    assert finding.verdict == "none"
+    assert finding.rules == []
 
-    # 0.6% beats a 0.1% minDelta: the validation loss still counts as improving.
     lenient = make_spec(overfitting={"minDelta": 0.001, "gapThreshold": 100})
-    assert analyze_overfitting(history, lenient).verdict == "none"
+    finding = analyze_overfitting(history, lenient)
+    assert finding.verdict == "suspected"
+    assert finding.rules == ["trend"]
+    # val 0.45 -> 0.48 is +6.667% at any scale; train fell 0.002 / 0.4 = 0.5%.
+    assert finding.evidence[0] == (
+        "val_loss has not improved by more than 0.1% for 3 epochs since its best "
+        f"{0.45 * scale:.4g} at epoch 5 (now {0.48 * scale:.4g}, +6.667%), while train_loss "
+        f"fell 0.5% ({0.4 * scale:.4g} -> {0.398 * scale:.4g} at epoch 8)"
+    )
+
+
+def test_trend_fires_on_memorizing_run_with_noisy_tiny_training_loss() -> None:
+    # Near zero the training loss of a memorizing model jitters: over the last 3 epochs it goes
+    # 0.0008 -> 0.0011 -> 0.0006 -> 0.0009, up, not down. Measured from the best validation
+    # epoch (5, train 0.05) it fell 98.2%, and val has not improved for 7 epochs.
+    train = [1.0, 0.6, 0.3, 0.12, 0.05, 0.02, 0.008, 0.003, 0.0008, 0.0011, 0.0006, 0.0009]
+    val = [1.05, 0.7, 0.45, 0.36, 0.34, 0.345, 0.35, 0.352, 0.349, 0.355, 0.351, 0.356]
+    finding = analyze_overfitting(make_history(train, val), make_spec())
+    assert finding.verdict == "overfitting"
+    assert finding.rules == ["gap", "trend"]  # val is 4.7% above its minimum: not diverging
+    # val 0.34 -> 0.356 is +4.706%; train (0.05 - 0.0009) / 0.05 = 98.2%.
+    assert finding.evidence[1] == (
+        "val_loss has not improved by more than 1% for 7 epochs since its best 0.34 at epoch 5 "
+        "(now 0.356, +4.706%), while train_loss fell 98.2% (0.05 -> 0.0009 at epoch 12)"
+    )
+    assert finding.best_epoch == 5
+    assert finding.epochs_after_best == 7
+
+
+# --- noise floor of the gap rule ---------------------------------------------------------------
+
+
+def noisy_small_losses(se: list[float] | None = None) -> History:
+    """Small losses, relative gap 0.2 on epochs 3-5 but an absolute gap of 0.01, 0.008, 0.006."""
+    train = [0.2, 0.1, 0.05, 0.04, 0.03]
+    val = [0.22, 0.12, 0.06, 0.048, 0.036]
+    if se is None:
+        return make_history(train, val)
+    return make_history(train, val, val_loss_se=se)
+
+
+def test_gap_within_two_standard_errors_does_not_fire() -> None:
+    spec = make_spec()
+    # Without a standard error the relative gap 0.2 > 0.1 fires.
+    assert analyze_overfitting(noisy_small_losses(), spec).rules == ["gap"]
+    # se 0.02: 2 se = 0.04 exceeds every gap in the window; the gap is noise.
+    finding = analyze_overfitting(noisy_small_losses([0.02] * 5), spec)
+    assert finding.verdict == "none"
+    assert finding.rules == []
+    assert finding.gap == pytest.approx(0.2)  # still reported
+    # se 0.001: 2 se = 0.002 is below every gap; the evidence names the floor.
+    finding = analyze_overfitting(noisy_small_losses([0.001] * 5), spec)
+    assert finding.verdict == "suspected"
+    assert finding.rules == ["gap"]
+    assert finding.evidence[0] == (
+        "val_loss 0.036 vs train_loss 0.03 at epoch 5: gap 0.2 > 0.1 for the last 3 epochs "
+        "(smallest 0.2); 0.006 > 2 standard errors (0.002)"
+    )
+
+
+def test_noise_floor_must_clear_every_epoch_of_the_window() -> None:
+    # Epoch 4 alone is noisy (gap 0.008 <= 2 * 0.02): the gap does not hold for 3 evaluations.
+    se = [0.001, 0.001, 0.001, 0.02, 0.001]
+    assert analyze_overfitting(noisy_small_losses(se), make_spec()).rules == []
+    # A noisy epoch before the window (epoch 2) does not matter.
+    se = [0.001, 0.05, 0.001, 0.001, 0.001]
+    assert analyze_overfitting(noisy_small_losses(se), make_spec()).rules == ["gap"]
+
+
+def test_noise_floor_is_strict() -> None:
+    # Exact binary fractions: val - train = 0.25 on epochs 3-5 (relative gap 0.5).
+    train = [2.0, 1.0, 0.5, 0.5, 0.5]
+    val = [2.0, 1.5, 0.75, 0.75, 0.75]
+    at_floor = make_history(train, val, val_loss_se=[0.125] * 5)  # 0.25 == 2 * 0.125
+    assert analyze_overfitting(at_floor, make_spec()).rules == []
+    above = make_history(train, val, val_loss_se=[0.0625] * 5)  # 0.25 > 2 * 0.0625
+    finding = analyze_overfitting(above, make_spec())
+    assert finding.rules == ["gap"]
+    assert finding.evidence[0].endswith("; 0.25 > 2 standard errors (0.125)")
+
+
+# --- the delivered (restored) epoch ----------------------------------------------------------
+
+
+def u_shaped() -> History:
+    """Val falls with train (gap 0.05 at most) to 0.42 at epoch 6, then rises while train -> 0."""
+    train = [1.0, 0.8, 0.6, 0.5, 0.45, 0.4, 0.3, 0.2, 0.12, 0.07, 0.04, 0.02]
+    val = [1.02, 0.82, 0.62, 0.52, 0.47, 0.42, 0.45, 0.5, 0.56, 0.63, 0.7, 0.78]
+    return make_history(train, val)
+
+
+def test_verdict_judges_the_epoch_early_stopping_restored() -> None:
+    history = u_shaped()
+    spec = make_spec()
+    full = analyze_overfitting(history, spec)
+    assert full.verdict == "overfitting"
+    assert full.rules == ["gap", "trend", "diverging"]
+
+    finding = analyze_overfitting(history, spec, delivered_epoch=6)
+    # Up to epoch 6 val only fell and the gap is 0.02 / 0.4 = 0.05 < 0.1.
+    assert finding.verdict == "none"
+    assert finding.rules == []
+    assert finding.recommendations == []
+    assert finding.best_epoch == 6
+    assert finding.gap == pytest.approx(0.05)
+    # The cost after the best epoch still comes from the whole run: epochs 7-12.
+    assert finding.epochs_after_best == 6
+    # Full history: gap (0.78 - 0.02) / 0.02 = 38 at epoch 12, smallest (0.63 - 0.07) / 0.07 = 8;
+    # val 0.42 -> 0.78 is +85.71%, train 0.4 -> 0.02 fell 95%.
+    assert finding.evidence == [
+        "early stopping kept the weights of epoch 6; in the 6 epochs after it the run went on to "
+        "'overfitting' (val_loss 0.78 vs train_loss 0.02 at epoch 12: gap 38 > 0.1 for the last "
+        "3 epochs (smallest 8); val_loss has not improved by more than 1% for 6 epochs since its "
+        "best 0.42 at epoch 6 (now 0.78, +85.71%), while train_loss fell 95% (0.4 -> 0.02 at "
+        "epoch 12))"
+    ]
+
+
+def test_delivered_last_epoch_changes_nothing() -> None:
+    history = u_shaped()
+    spec = make_spec()
+    full = analyze_overfitting(history, spec)
+    assert analyze_overfitting(history, spec, delivered_epoch=12) == full
+    assert analyze_overfitting(history, spec, delivered_epoch=None) == full
+    assert not any("early stopping kept" in line for line in full.evidence)
 
 
 def test_min_delta_applies_to_training_improvement() -> None:
@@ -322,3 +480,18 @@ def test_empty_history() -> None:
     assert finding.verdict == "none"
     assert finding.best_epoch is None
     assert finding.gap is None
+
+
+def test_validation_loss_creeping_down_by_less_than_min_delta_counts_as_stalled() -> None:
+    # Validation improves 0.1% per epoch (7 epochs: 0.7%, below minDelta 1%) while training falls 10% per epoch:
+    # early stopping would have stopped, so the trend rule fires.
+    val = [1.0, 0.6, 0.5] + [0.5 * 0.999**i for i in range(1, 8)]
+    train = [1.0, 0.6, 0.45] + [0.45 * 0.9**i for i in range(1, 8)]
+    finding = analyze_overfitting(make_history(train, val), make_spec(overfitting={"warmupEpochs": 0}))
+    assert "trend" in finding.rules
+    trend = next(e for e in finding.evidence if e.startswith("val_loss has not improved"))
+    assert "for 7 epochs since its best 0.5 at epoch 3" in trend
+    # The same run whose validation improves 2% per epoch is not stalled.
+    val_improving = [1.0, 0.6, 0.5] + [0.5 * 0.98**i for i in range(1, 8)]
+    finding = analyze_overfitting(make_history(train, val_improving), make_spec(overfitting={"warmupEpochs": 0}))
+    assert "trend" not in finding.rules

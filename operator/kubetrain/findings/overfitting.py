@@ -195,13 +195,14 @@ def _trend_rule(evaluations: Sequence[_Point], cfg: OverfittingSpec) -> str | No
     training loss of a memorizing model moves by tiny, noisy steps, but it keeps falling
     relative to where it was when validation stopped improving.
     """
-    best = min(evaluations, key=lambda e: e.val_loss)
-    position = evaluations.index(best)
-    since = evaluations[position + 1 :]
+    # Counted as early stopping counts: the reference moves only on an improvement of more than
+    # minDelta, so a validation loss creeping down by tiny steps still counts as stalled.
+    best = evaluations[0]
+    for evaluation in evaluations[1:]:
+        if evaluation.val_loss < best.val_loss - abs(best.val_loss) * cfg.min_delta:
+            best = evaluation
+    since = evaluations[evaluations.index(best) + 1 :]
     if len(since) < cfg.patience:
-        return None
-    # Improved "by more than minDelta" means a new best that beats the old one by the margin.
-    if any(e.val_loss < best.val_loss * (1 - cfg.min_delta) for e in since):
         return None
     last = evaluations[-1]
     if not last.train_loss < best.train_loss * (1 - cfg.min_delta):
@@ -376,6 +377,8 @@ def analyze_overfitting(
         finding = analyze_overfitting(kept, spec)
         after = analyze_overfitting(history, spec)
         finding.epochs_after_best = after.epochs_after_best
+        # The kept history ends at its best epoch; its "N epochs after it" line would say 0.
+        finding.evidence = [e for e in finding.evidence if "epochs trained after it" not in e]
         finding.evidence.append(
             f"early stopping kept the weights of epoch {delivered_epoch}; in the "
             f"{full[-1].epoch - delivered_epoch} epochs after it the run went on to "
