@@ -1,0 +1,43 @@
+"""The training-throughput benchmark runs end to end (tiny settings; no timing assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "train_throughput.py"
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("kubetrain_bench_train_throughput", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being created
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_gives_a_row_per_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load_bench()
+    threads = torch.get_num_threads()
+    out = tmp_path / "bench.json"
+    try:
+        assert bench.main(["--quick", "--repeats", "1", "--json", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the benchmark sets it process-wide
+    results = json.loads(out.read_text())["results"]
+    expected = [c.name for c in bench.cpu_cases(quick=True)]
+    assert [r["case"] for r in results] == expected
+    for row in results:
+        for side in ("kubetrain", "hand-written"):
+            assert row[side]["samples_per_s"] > 0
+            assert len(row[side]["all"]) == 1
+        assert row["ratio"] > 0
+    table = capsys.readouterr().out
+    assert all(name in table for name in expected)

@@ -1,0 +1,155 @@
+"""`kubetrain run`: refusals, Ctrl-C, budgets, stop-on-overfitting, stages not available yet."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from conftest import base_manifest, kubetrain
+
+
+def test_bad_manifest_is_refused_before_anything_starts(tmp_path: Path,
+                                                        write_manifest: Any) -> None:
+    manifest = base_manifest()
+    manifest["spec"]["training"]["learningRate"] = -1
+    manifest["spec"]["training"]["optimiser"] = "adam"
+    storage = tmp_path / "storage"
+    proc = kubetrain("run", str(write_manifest(manifest)), "--storage", str(storage))
+    assert proc.returncode == 2
+    assert "spec.training.learningRate" in proc.stderr
+    assert "spec.training.optimiser: unknown field" in proc.stderr
+    assert not storage.exists()
+    assert proc.stdout == ""
+
+
+def test_data_dependent_error_is_refused_before_anything_starts(
+        tmp_path: Path, write_manifest: Any) -> None:
+    manifest = base_manifest(dataset={"builtin": "breast_cancer"}, model={"builtin": "cnn"})
+    storage = tmp_path / "storage"
+    proc = kubetrain("run", str(write_manifest(manifest)), "--storage", str(storage))
+    assert proc.returncode == 2
+    assert "spec.model.builtin: cnn needs image data" in proc.stderr
+    assert not storage.exists()
+
+
+def test_missing_file_and_validate(tmp_path: Path, write_manifest: Any) -> None:
+    proc = kubetrain("run", str(tmp_path / "nope.yaml"))
+    assert proc.returncode == 2 and "cannot read the file" in proc.stderr
+    proc = kubetrain("validate", str(write_manifest(base_manifest())))
+    assert proc.returncode == 0 and "valid" in proc.stdout
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_ctrl_c_stops_cleanly_with_no_orphans(tmp_path: Path, write_manifest: Any) -> None:
+    manifest = base_manifest(training={"epochs": 400, "batchSize": 16,
+                                       "resources": {"nprocPerNode": 2}})
+    storage = tmp_path / "storage"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubetrain.cli", "run", str(write_manifest(manifest)),
+         "--storage", str(storage), "--no-progress", "-o", str(tmp_path / "out.yaml")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    descendants: set[int] = set()
+    for line in proc.stderr:
+        if "epoch 2/" in line:
+            break
+    # The torchrun launcher and its two workers, below the unit's own process.
+    for child in _children(proc.pid):
+        descendants |= {child, *_children(child)}
+        for grandchild in _children(child):
+            descendants |= set(_children(grandchild))
+    assert len(descendants) >= 3
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal delivers
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    time.sleep(0.5)
+    alive = [p for p in descendants if Path(f"/proc/{p}").exists()
+             and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()]
+    assert alive == []
+    status = yaml.safe_load((storage / "status.yaml").read_text())["status"]
+    assert status["phase"] == "Failed"
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "Interrupted"
+    assert (storage / "train" / "checkpoints" / "latest.pt").exists()
+
+
+def test_budget_stops_training_and_sets_budget_exceeded(tmp_path: Path,
+                                                        write_manifest: Any) -> None:
+    # A price of 1000 per CPU-hour makes each second cost ~0.28: the budget of 1 is spent
+    # within a few seconds of a 300-epoch run.
+    manifest = base_manifest(
+        training={"epochs": 300, "batchSize": 16},
+        findings={"cost": {"prices": {"cpuHour": 1000}, "budget": {"maxCost": 1}}},
+    )
+    out = tmp_path / "out.yaml"
+    proc = kubetrain("run", str(write_manifest(manifest)), "--storage", str(tmp_path / "s"),
+                     "-o", str(out))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    status = yaml.safe_load(out.read_text())["status"]
+    assert status["phase"] == "Failed"
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["BudgetExceeded"]["status"] == "True"
+    assert conditions["Failed"]["reason"] == "BudgetExceeded"
+    budget = status["findings"]["cost"]["budget"]
+    assert budget["exceeded"] is True and budget["spent"] >= 1
+    # Stopped long before 300 epochs, and what it trained is still reported.
+    assert 0 < status["training"]["epoch"] < 300
+
+
+def test_overfitting_action_stop_ends_training_and_keeps_the_best(
+        tmp_path: Path, write_manifest: Any) -> None:
+    manifest = base_manifest(
+        dataset={"builtin": "digits", "fraction": 0.1, "seed": 1},
+        model={"builtin": "mlp", "params": {"hiddenUnits": [512, 512]}},
+        training={"epochs": 80, "batchSize": 32, "schedule": "constant"},
+        findings={"overfitting": {"action": "stop", "warmupEpochs": 5}},
+    )
+    out = tmp_path / "out.yaml"
+    proc = kubetrain("run", str(write_manifest(manifest)), "--storage", str(tmp_path / "s"),
+                     "-o", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    status = yaml.safe_load(out.read_text())["status"]
+    training = status["training"]
+    assert training["stoppedEarly"] is True
+    assert training["stopReason"].startswith("overfitting detected")
+    assert training["epoch"] < 80
+    assert status["findings"]["overfitting"]["verdict"] == "overfitting"
+
+
+def test_stages_not_available_yet_say_so(tmp_path: Path, write_manifest: Any) -> None:
+    manifest = base_manifest(
+        training={"epochs": 2},
+        tuning={"enabled": True, "searchSpace": {
+            "learningRate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}},
+    )
+    out = tmp_path / "out.yaml"
+    proc = kubetrain("run", str(write_manifest(manifest)), "--storage", str(tmp_path / "s"),
+                     "-o", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "tuning stage is modelled and validated but not available yet" in proc.stderr
+    status = yaml.safe_load(out.read_text())["status"]
+    assert status["stages"]["tuning"]["phase"] == "NotAvailable"
+    assert status["stages"]["training"]["phase"] == "Succeeded"
+
+
+def test_output_to_stdout_is_the_resource_with_status(tmp_path: Path,
+                                                      write_manifest: Any) -> None:
+    manifest = base_manifest(training={"epochs": 2})
+    proc = kubetrain("run", str(write_manifest(manifest)), "--storage", str(tmp_path / "s"),
+                     env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    job = yaml.safe_load(proc.stdout)
+    assert job["kind"] == "TrainingJob" and job["metadata"]["name"] == "test-job"
+    assert job["status"]["phase"] == "Succeeded"
+    assert job["status"]["training"]["epoch"] == 2
