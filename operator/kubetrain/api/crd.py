@@ -128,7 +128,10 @@ def _structural(raw: dict[str, Any], defs: dict[str, Any], path: str) -> dict[st
                 raise CrdSchemaError(f"{path}: both {limit} and {bound}")
             out[limit] = node[bound]
             out[bound] = True
-    if node.get("default") is not None:
+    # An empty-string default says nothing the models don't, and API servers built with
+    # Go >= 1.16 before Kubernetes 1.21 (the test cluster's) refuse it as "null"
+    # (kubernetes/kubernetes#99804): leave it out, like a null default.
+    if node.get("default") not in (None, ""):
         out["default"] = node["default"]
     if kind == "array":
         out["items"] = _structural(node.get("items", {}), defs, f"{path}[]")
