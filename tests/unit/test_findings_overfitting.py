@@ -483,15 +483,16 @@ def test_empty_history() -> None:
 
 
 def test_validation_loss_creeping_down_by_less_than_min_delta_counts_as_stalled() -> None:
-    # Validation improves 0.1% per epoch (7 epochs: 0.7%, below minDelta 1%) while training falls 10% per epoch:
-    # early stopping would have stopped, so the trend rule fires.
+    # Validation improves 0.1% per epoch (7 epochs: 0.7%, below minDelta 1%) while training
+    # falls 10% per epoch: early stopping would have stopped, so the trend rule fires.
     val = [1.0, 0.6, 0.5] + [0.5 * 0.999**i for i in range(1, 8)]
     train = [1.0, 0.6, 0.45] + [0.45 * 0.9**i for i in range(1, 8)]
-    finding = analyze_overfitting(make_history(train, val), make_spec(overfitting={"warmupEpochs": 0}))
+    spec = make_spec(overfitting={"warmupEpochs": 0})
+    finding = analyze_overfitting(make_history(train, val), spec)
     assert "trend" in finding.rules
     trend = next(e for e in finding.evidence if e.startswith("val_loss has not improved"))
     assert "for 7 epochs since its best 0.5 at epoch 3" in trend
     # The same run whose validation improves 2% per epoch is not stalled.
     val_improving = [1.0, 0.6, 0.5] + [0.5 * 0.98**i for i in range(1, 8)]
-    finding = analyze_overfitting(make_history(train, val_improving), make_spec(overfitting={"warmupEpochs": 0}))
+    finding = analyze_overfitting(make_history(train, val_improving), spec)
     assert "trend" not in finding.rules

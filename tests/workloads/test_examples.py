@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 import yaml
 from conftest import EXAMPLES, kubetrain
-
 from kubetrain.api import load_training_job
 
 

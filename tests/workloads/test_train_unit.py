@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from conftest import base_manifest
-
 from kubetrain.workloads.report import MAX_RESULT_BYTES, parse_event
 
 
