@@ -62,8 +62,32 @@ class BestTrial(StatusModel):
 class TuningStatus(StatusModel):
     """The sweep: trial counts and the best trial so far."""
 
+    backend: str | None = None
+    sampler: str | None = None
+    pruner: str | None = None
+    study: str | None = None
     trials: TrialCounts = Field(default_factory=TrialCounts)
     best: BestTrial | None = None
+    importances: dict[str, float] = Field(default_factory=dict)
+    """Parameter importances (fANOVA) over the complete trials."""
+    epochs_run: int | None = None
+    """Epochs trained by all trials together."""
+    epochs_saved_by_pruning: int | None = None
+    """Epochs that pruned trials did not have to run."""
+
+
+class AugmentationStatus(StatusModel):
+    """What augmentation added to the training split (never to validation or test)."""
+
+    kind: str
+    """image or tabular."""
+    added: int
+    counts_before: dict[str, int] = Field(default_factory=dict)
+    """Training examples per class before augmentation."""
+    counts_after: dict[str, int] = Field(default_factory=dict)
+    """Training examples per class after augmentation."""
+    operations: list[str] = Field(default_factory=list)
+    manifest: str | None = None
 
 
 class CrossValidationStatus(StatusModel):
@@ -176,6 +200,7 @@ class TrainingJobStatus(StatusModel):
     """Running, Succeeded, Failed, Suspended, <Stage>Complete, OverfittingDetected, ..."""
     stages: dict[str, StageStatus] = Field(default_factory=dict)
     """Stage name (augmentation, tuning, training, explanation) → its status."""
+    augmentation: AugmentationStatus | None = None
     tuning: TuningStatus | None = None
     training: TrainingStatus | None = None
     findings: Findings = Field(default_factory=Findings)

@@ -7,6 +7,7 @@ local; the operator shares the rest.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ class LocalExecutor:
         self.results: dict[str, dict[str, Any]] = {}
         self.current: UnitProcess | None = None
         self.budget_hit = False
+        self.budget_warned = False
 
     # ----- setup ---------------------------------------------------------------------------
 
@@ -137,30 +139,44 @@ class LocalExecutor:
                 st.finish_stage(self.status, stage.name, "Failed",
                                 error or "stopped: budget exceeded", st.timestamp())
                 return error
-        self._after_training(stage)
+        self._after_stage(stage)
         st.finish_stage(self.status, stage.name, "Succeeded",
                         f"{len(stage.units)} work unit(s) succeeded", st.timestamp())
         return None
 
-    def _run_unit(self, unit: WorkUnit, job_file: Path) -> str | None:
+    def _unit_args(self, unit: WorkUnit, job_file: Path) -> list[str]:
         extra = ["--job", str(job_file), "--storage", str(self.storage),
                  "--base-dir", str(self.base_dir),
                  "--result", str(self.storage / unit.name / "result.json")]
+        best = self.results.get("tune", {}).get("best")
+        if unit.stage == "training" and isinstance(best, dict) and best.get("params"):
+            # The best trial's hyperparameters feed the final training (and its folds).
+            extra += ["--params", json.dumps(best["params"])]
+        return extra
+
+    def _unit_total(self, unit: WorkUnit) -> int | None:
+        if unit.stage == "training":
+            return self.spec.training.epochs
+        if unit.stage == "tuning":
+            return self.spec.tuning.trials
+        return None
+
+    def _run_unit(self, unit: WorkUnit, job_file: Path) -> str | None:
         (self.storage / unit.name / "result.json").unlink(missing_ok=True)
-        proc = UnitProcess(unit, command_for(unit, extra), self.storage / unit.name / "log.txt")
+        proc = UnitProcess(unit, command_for(unit, self._unit_args(unit, job_file)),
+                           self.storage / unit.name / "log.txt")
         self.current = proc
-        self.display.start_unit(unit.name, self.spec.training.epochs)
+        self.display.start_unit(unit.name, self._unit_total(unit), unit.stage)
         for event in proc.events():
             self._observe(unit, event, proc)
         code = proc.wait()
         self.current = None
-        self._record_usage(proc)
         result = read_result(self.storage / unit.name / "result.json")
+        self._record_usage(proc, result)
         self.display.finish_unit(unit.name, ok=code == 0)
         if result is not None:
             self.results[unit.name] = result
-            if unit.name == "train":
-                st.apply_training_result(self.status, result)
+            self._apply_result(unit, result)
         if self.budget_hit:
             return None
         if code != 0 or result is None:
@@ -168,41 +184,67 @@ class LocalExecutor:
                     + (f": {proc.log_tail(3)}" if proc.log_tail(3) else ""))
         return None
 
+    def _apply_result(self, unit: WorkUnit, result: dict[str, Any]) -> None:
+        if unit.name == "train":
+            st.apply_training_result(self.status, result)
+        elif unit.name == "augment-merge":
+            st.apply_augmentation_result(self.status, result)
+        elif unit.name == "tune":
+            st.apply_tuning_result(self.status, self.spec, result)
+        elif unit.name == "explain":
+            st.apply_explanation_result(self.status, result)
+
     def _observe(self, unit: WorkUnit, event: dict[str, Any], proc: UnitProcess) -> None:
-        if event.get("event") == "epoch":
+        kind = event.get("event")
+        if kind == "epoch":
             self.display.epoch(unit.name, event)
             if unit.name == "train":
                 st.apply_epoch_event(self.status, event)
             self._check_budget(unit, proc)
-        elif event.get("event") == "resumed":
+        elif kind == "trial":
+            st.apply_trial_event(self.status, self.spec, event)
+            self.display.trial(unit.name, event)
+            self._check_budget(unit, proc)
+        elif kind == "resumed":
             self.display.note(unit.name, f"resumed from epoch {event['epoch']}")
 
     def _check_budget(self, unit: WorkUnit, proc: UnitProcess) -> None:
         budget = self.spec.findings.cost.budget
-        if budget is None or self.budget_hit:
+        if budget is None or self.budget_hit or self.budget_warned:
             return
         prices = self.spec.findings.cost.prices
         spent = sum(stage_cost(u, prices).cost for u in self.usages)
-        spent += stage_cost(self._usage(unit, proc.seconds), prices).cost
+        spent += stage_cost(self._usage(unit, self._busy_seconds(unit, proc.seconds)),
+                            prices).cost
         if budget_exceeded(spent, budget):
-            self.budget_hit = True
             message = f"cost {spent:.6f} reached budget.maxCost {budget.max_cost}"
             st.set_condition(self.status, "BudgetExceeded", "True", "BudgetExceeded", message,
                              st.timestamp())
             if budget.action == "stop":
+                self.budget_hit = True
                 self.display.warn(message + "; stopping")
                 proc.terminate()
             else:
-                self.budget_hit = False  # warn only: keep going, condition stays
+                self.budget_warned = True  # warn once; the condition stays
                 self.display.warn(message)
+
+    def _busy_seconds(self, unit: WorkUnit, wall: float,
+                      result: dict[str, Any] | None = None) -> float:
+        """Seconds of the unit's requested resources: a sweep runs `parallelism` trials."""
+        if unit.stage != "tuning":
+            return wall
+        if result and isinstance(result.get("trial_seconds"), int | float):
+            return float(result["trial_seconds"])
+        return wall * self.spec.tuning.parallelism
 
     @staticmethod
     def _usage(unit: WorkUnit, seconds: float) -> Usage:
         return Usage(stage=unit.stage, seconds=seconds, nodes=unit.nodes, cpu=unit.cpu,
                      memory_gib=unit.memory_gib, gpus=unit.gpus_per_node)
 
-    def _record_usage(self, proc: UnitProcess) -> None:
-        self.usages.append(self._usage(proc.unit, proc.seconds))
+    def _record_usage(self, proc: UnitProcess, result: dict[str, Any] | None = None) -> None:
+        seconds = self._busy_seconds(proc.unit, proc.seconds, result)
+        self.usages.append(self._usage(proc.unit, seconds))
 
     # ----- observe → findings → status ----------------------------------------------------
 
@@ -214,7 +256,9 @@ class LocalExecutor:
             return []
         return list(data or [])
 
-    def _after_training(self, stage: Stage) -> None:
+    def _after_stage(self, stage: Stage) -> None:
+        if stage.name != "training":
+            return
         folds = [self.results[u.name] for u in stage.units
                  if u.name.startswith("fold-") and u.name in self.results]
         if folds and self.status.training is not None:
@@ -233,10 +277,16 @@ class LocalExecutor:
                                  analyze_overfitting(history, self.spec, delivered), at)
         cost_cfg = self.spec.findings.cost
         training_usage = next((u for u in reversed(self.usages) if u.stage == "training"), None)
+        tune = self.results.get("tune", {})
+        tuning_cost = sum(stage_cost(u, cost_cfg.prices).cost for u in self.usages
+                          if u.stage == "tuning")
+        cost_per_epoch = (tuning_cost / tune["epochs_run"]) if tune.get("epochs_run") else None
         self.status.findings.cost = summarize_cost(
             self.usages, cost_cfg.prices, budget=cost_cfg.budget,
             epoch_seconds=[h.get("seconds", 0.0) for h in history],
             best_epoch=train_result.get("best_epoch"), training_usage=training_usage,
+            pruned_epochs_saved=tune.get("epochs_saved_by_pruning"),
+            cost_per_epoch=cost_per_epoch,
         )
         for name, stage_status in self.status.stages.items():
             by_stage = self.status.findings.cost.by_stage.get(name)

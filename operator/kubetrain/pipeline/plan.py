@@ -12,9 +12,6 @@ from ..api.quantity import parse_cpu, parse_memory_gib
 from ..api.spec import TrainingJobSpec
 
 STAGE_ORDER = ("augmentation", "tuning", "training", "explanation")
-# Stages whose work units exist; the others are modelled, validated and reported as not
-# available yet rather than silently skipped.
-AVAILABLE_STAGES = frozenset({"training"})
 
 
 @dataclass(frozen=True)
@@ -68,23 +65,39 @@ def _enabled(spec: TrainingJobSpec, stage: str) -> bool:
 
 def _training_units(spec: TrainingJobSpec) -> tuple[WorkUnit, ...]:
     res = spec.training.resources
-    common = dict(
-        stage="training",
-        module="kubetrain.workloads.train",
-        nodes=res.nodes,
-        nproc_per_node=res.workers_per_node,
-        gpus_per_node=res.gpus_per_node,
-        cpu=parse_cpu(res.cpu),
-        memory_gib=parse_memory_gib(res.memory),
+    cpu, memory = parse_cpu(res.cpu), parse_memory_gib(res.memory)
+
+    def unit(name: str, *args: str) -> WorkUnit:
+        return WorkUnit(name=name, stage="training", module="kubetrain.workloads.train",
+                        args=("--unit", name, *args), nodes=res.nodes,
+                        nproc_per_node=res.workers_per_node, gpus_per_node=res.gpus_per_node,
+                        cpu=cpu, memory_gib=memory)
+
+    folds = spec.training.cross_validation.folds if spec.training.cross_validation else 0
+    return (*(unit(f"fold-{i}", "--fold", str(i)) for i in range(folds)), unit("train"))
+
+
+def _single_node_unit(spec: TrainingJobSpec, name: str, stage: str, module: str,
+                      *args: str) -> WorkUnit:
+    """A one-process work unit with the training stage's requests (and at most one GPU)."""
+    res = spec.training.resources
+    return WorkUnit(name=name, stage=stage, module=module, args=args,
+                    gpus_per_node=min(res.gpus_per_node, 1), cpu=parse_cpu(res.cpu),
+                    memory_gib=parse_memory_gib(res.memory))
+
+
+def _augmentation_units(spec: TrainingJobSpec) -> tuple[WorkUnit, ...]:
+    """One unit per shard (they can run at once), then the merge that writes the manifest."""
+    shards = spec.augmentation.shards
+    module = "kubetrain.workloads.augment"
+    parts = tuple(
+        _single_node_unit(spec, f"augment-{i}", "augmentation", module,
+                          "--shard", str(i), "--shards", str(shards))
+        for i in range(shards)
     )
-    units = []
-    if spec.training.cross_validation:
-        for fold in range(spec.training.cross_validation.folds):
-            units.append(WorkUnit(name=f"fold-{fold}",
-                                  args=("--unit", f"fold-{fold}", "--fold", str(fold)),
-                                  **common))  # type: ignore[arg-type]
-    units.append(WorkUnit(name="train", args=("--unit", "train"), **common))  # type: ignore[arg-type]
-    return tuple(units)
+    merge = _single_node_unit(spec, "augment-merge", "augmentation", module,
+                              "--merge", "--shards", str(shards))
+    return (*parts, merge)
 
 
 def plan(spec: TrainingJobSpec) -> Plan:
@@ -97,10 +110,16 @@ def plan(spec: TrainingJobSpec) -> Plan:
             stages.append(Stage(name, available=False, message=(
                 "training.command (custom script mode) is not available yet in this version; "
                 "remove it to use the built-in trainer")))
-        elif name not in AVAILABLE_STAGES:
-            stages.append(Stage(name, available=False, message=(
-                f"the {name} stage is modelled and validated but not available yet in this "
-                f"version; the job runs without it")))
         elif name == "training":
             stages.append(Stage(name, units=_training_units(spec)))
+        elif name == "augmentation":
+            stages.append(Stage(name, units=_augmentation_units(spec)))
+        elif name == "tuning":
+            # The sweep driver keeps `parallelism` trial processes going; on Kubernetes the
+            # operator plays that part with trial pods and a study-server pod.
+            stages.append(Stage(name, units=(_single_node_unit(
+                spec, "tune", "tuning", "kubetrain.workloads.tune"),)))
+        elif name == "explanation":
+            stages.append(Stage(name, units=(_single_node_unit(
+                spec, "explain", "explanation", "kubetrain.workloads.explain"),)))
     return Plan(tuple(stages))

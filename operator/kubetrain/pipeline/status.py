@@ -11,13 +11,20 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from ..api.spec import TrainingJobSpec
 from ..api.status import (
+    AugmentationStatus,
+    BestTrial,
     Condition,
     CrossValidationStatus,
+    ExplanationFinding,
+    FeatureAttribution,
     OverfittingFinding,
     StageStatus,
     TrainingJobStatus,
     TrainingStatus,
+    TrialCounts,
+    TuningStatus,
 )
 
 METRIC_KEYS = ("train_loss", "val_loss", "val_accuracy", "val_rmse", "lr")
@@ -144,3 +151,69 @@ def finish_job(status: TrainingJobStatus, phase: str, reason: str, message: str,
         set_condition(status, "Succeeded", "True", reason, message, at)
     elif phase == "Failed":
         set_condition(status, "Failed", "True", reason, message, at)
+
+
+def apply_augmentation_result(status: TrainingJobStatus, result: Mapping[str, Any]) -> None:
+    """Class counts before and after, from the merge unit's result."""
+    status.augmentation = AugmentationStatus(
+        kind=str(result.get("kind", "")), added=int(result.get("added", 0)),
+        counts_before={str(k): int(v) for k, v in (result.get("counts_before") or {}).items()},
+        counts_after={str(k): int(v) for k, v in (result.get("counts_after") or {}).items()},
+        operations=[str(o) for o in result.get("operations") or []],
+        manifest=result.get("manifest"),
+    )
+
+
+def _tuning(status: TrainingJobStatus, spec: TrainingJobSpec) -> TuningStatus:
+    if status.tuning is None:
+        status.tuning = TuningStatus(backend=spec.tuning.backend, sampler=spec.tuning.sampler,
+                                     pruner=spec.tuning.pruner)
+    return status.tuning
+
+
+def apply_trial_event(status: TrainingJobStatus, spec: TrainingJobSpec,
+                      event: Mapping[str, Any]) -> None:
+    """Live sweep progress from the driver's ``trial`` events (counts, best so far)."""
+    tuning = _tuning(status, spec)
+    counts = event.get("counts")
+    if isinstance(counts, Mapping):
+        tuning.trials = TrialCounts(**{k: int(v) for k, v in counts.items()
+                                       if k in TrialCounts.model_fields})
+    best = event.get("best")
+    if isinstance(best, Mapping) and best.get("value") is not None:
+        tuning.best = BestTrial(trial=int(best["trial"]), params=dict(best.get("params") or {}),
+                                value=float(best["value"]))
+    finished = tuning.trials.complete + tuning.trials.pruned + tuning.trials.failed
+    status.progress = f"{finished}/{spec.tuning.trials} trials"
+
+
+def apply_tuning_result(status: TrainingJobStatus, spec: TrainingJobSpec,
+                        result: Mapping[str, Any]) -> None:
+    tuning = _tuning(status, spec)
+    tuning.study = result.get("study")
+    trials = result.get("trials")
+    if isinstance(trials, Mapping):
+        tuning.trials = TrialCounts(**{k: int(v) for k, v in trials.items()
+                                       if k in TrialCounts.model_fields})
+    best = result.get("best")
+    if isinstance(best, Mapping) and best.get("value") is not None:
+        tuning.best = BestTrial(trial=int(best["trial"]), params=dict(best.get("params") or {}),
+                                value=float(best["value"]))
+    tuning.importances = {str(k): float(v) for k, v in (result.get("importances") or {}).items()}
+    tuning.epochs_run = result.get("epochs_run")
+    tuning.epochs_saved_by_pruning = result.get("epochs_saved_by_pruning")
+
+
+def apply_explanation_result(status: TrainingJobStatus, result: Mapping[str, Any]) -> None:
+    status.findings.explanation = ExplanationFinding(
+        method=str(result.get("method", "")),
+        top_features=[FeatureAttribution(feature=str(f["feature"]),
+                                         mean_abs_shap=float(f["mean_abs_shap"]))
+                      for f in result.get("top_features") or []],
+        completeness_error=result.get("completeness_error"),
+        artifact=result.get("analysis"),
+    )
+    for name, path in (result.get("plots") or {}).items():
+        status.artifacts[f"shap{name[:1].upper()}{name[1:]}"] = str(path)
+    if result.get("analysis"):
+        status.artifacts["explanation"] = str(result["analysis"])
