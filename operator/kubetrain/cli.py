@@ -65,6 +65,23 @@ def _cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_operator(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import kopf
+
+    from .controller import handlers  # noqa: F401  (registers the handlers)
+
+    namespaces = args.namespace or []
+    asyncio.run(kopf.operator(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=args.liveness,
+    ))
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     for path in args.files:
         load_training_job(path)
@@ -91,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     crd = sub.add_parser("crd", help="print the TrainingJob CustomResourceDefinition")
     crd.set_defaults(func=_cmd_crd)
+
+    op = sub.add_parser("operator", help="run the operator (watches TrainingJobs)")
+    op.add_argument("-n", "--namespace", action="append",
+                    help="watch this namespace (repeatable); default: all namespaces")
+    op.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
+                    help="liveness endpoint URL (kopf's probe)")
+    op.set_defaults(func=_cmd_operator)
 
     validate = sub.add_parser("validate", help="check TrainingJob manifests")
     validate.add_argument("files", type=Path, nargs="+")

@@ -33,6 +33,20 @@ class Condition(StatusModel):
     last_transition_time: str
 
 
+class UnitStatus(StatusModel):
+    """One work unit of a stage on Kubernetes: its pods' outcome and its result summary."""
+
+    phase: StagePhase = "Pending"
+    restarts: int = 0
+    """Times the unit's pods (a training gang: all of them) were recreated after a failure."""
+    start_time: str | None = None
+    completion_time: str | None = None
+    seconds: float | None = None
+    """Pod-seconds: the sum over the unit's pods of finish - start, for cost."""
+    result: dict[str, Any] = Field(default_factory=dict)
+    """The unit's result summary (its termination message), without bulky lists."""
+
+
 class StageStatus(StatusModel):
     """One stage of the pipeline."""
 
@@ -41,8 +55,10 @@ class StageStatus(StatusModel):
     completion_time: str | None = None
     jobs: list[str] = Field(default_factory=list)
     """Work units (pods, or local processes) of this stage."""
-    message: str = ""
+    message: str | None = None
     cost: float | None = None
+    units: dict[str, UnitStatus] = Field(default_factory=dict)
+    """On Kubernetes: per work unit state, restarts and result."""
 
 
 class TrialCounts(StatusModel):

@@ -129,6 +129,7 @@ def summarize_cost(
     training_usage: Usage | None = None,
     pruned_epochs_saved: int | None = None,
     cost_per_epoch: float | None = None,
+    seconds_after_best: float | None = None,
 ) -> CostFinding:
     """The cost finding of a job.
 
@@ -137,7 +138,8 @@ def summarize_cost(
     - ``after_best_epoch``: the seconds of the epochs after ``best_epoch`` (``epoch_seconds[i]``
       is epoch ``i + 1``) priced at ``training_usage``'s hourly rate; when ``training_usage``
       is omitted, the last usage of the ``training`` stage is used. It is what early stopping
-      at the best epoch would have saved.
+      at the best epoch would have saved. ``seconds_after_best`` gives those seconds directly
+      (the operator reads them from the training unit's result, not the per-epoch history).
     - ``saved_by_pruning``: ``pruned_epochs_saved * cost_per_epoch`` when both are given.
     - ``budget``: spent is the total; exceeded once the total reaches ``maxCost``.
     """
@@ -152,9 +154,13 @@ def summarize_cost(
         training = [u for u in usages if u.stage == "training"]
         rate_usage = training[-1] if training else None
     after_best = 0.0
-    if best_epoch is not None and rate_usage is not None:
+    if rate_usage is not None and (best_epoch is not None or seconds_after_best is not None):
         # Epochs are 1-based, so the epochs after the best start at index best_epoch.
-        seconds_after = sum(epoch_seconds[max(best_epoch, 0) :])
+        seconds_after = (
+            seconds_after_best
+            if seconds_after_best is not None
+            else sum(epoch_seconds[max(best_epoch or 0, 0) :])
+        )
         after_best = seconds_after / _SECONDS_PER_HOUR * hourly_rate(rate_usage, prices)
 
     saved = (

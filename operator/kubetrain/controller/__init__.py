@@ -1,0 +1,1 @@
+"""The Kubernetes executor: kopf handlers, object builders and the reconcile decision."""

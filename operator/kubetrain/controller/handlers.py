@@ -1,0 +1,240 @@
+"""kopf handlers: thin glue between the API server and the pure reconcile decision.
+
+One handler function is registered for create, resume, spec change and a timer that runs only
+while a job is not finished (or waits for its TTL). It observes the children, asks
+``reconcile`` what to do, does it, and writes the status. Errors become conditions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from ..api.resource import GROUP, PLURAL, VERSION, ManifestError, parse_training_job
+from ..api.status import TrainingJobStatus
+from ..pipeline import status as st
+from ..workloads.report import parse_event
+from . import builders as b
+from .observe import Observed, pod_view
+from .reconcile import TERMINAL, Decision, reconcile
+
+TIMER_SECONDS = float(os.environ.get("KUBETRAIN_TIMER_SECONDS", "5"))
+_api: dict[str, Any] = {}
+
+
+def settings_from_env() -> b.OperatorSettings:
+    return b.OperatorSettings(
+        worker_image=os.environ.get("KUBETRAIN_WORKER_IMAGE", b.OperatorSettings.worker_image),
+        image_pull_policy=os.environ.get("KUBETRAIN_IMAGE_PULL_POLICY", "IfNotPresent"),
+        default_pvc=os.environ.get("KUBETRAIN_DEFAULT_PVC") or None,
+    )
+
+
+def _core() -> client.CoreV1Api:
+    if "core" not in _api:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        _api["core"] = client.CoreV1Api()
+        _api["batch"] = client.BatchV1Api()
+        _api["custom"] = client.CustomObjectsApi()
+    return _api["core"]
+
+
+def _batch() -> client.BatchV1Api:
+    _core()
+    return _api["batch"]
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Our own prefixes, so kubetrain never collides with another kopf operator's state.
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    # Watches are re-established every 2 minutes: a silently dropped connection costs at most
+    # that, instead of hanging forever (kopf's default has no timeout).
+    settings.watching.server_timeout = 120
+    settings.watching.client_timeout = 150
+    # The default of 300 s per API request is far too long for an operator that must react.
+    settings.networking.request_timeout = 30
+    settings.execution.max_workers = 8
+    settings.posting.level = logging.WARNING  # Events come from reconcile, not from kopf logs
+
+
+@kopf.on.probe(id="reconciler")
+def probe(**_: Any) -> str:
+    return "ok"
+
+
+def _list(kind: str, namespace: str, selector: str) -> list[Any]:
+    if kind == "Pod":
+        return list(_core().list_namespaced_pod(namespace, label_selector=selector).items)
+    if kind == "Job":
+        return list(_batch().list_namespaced_job(namespace, label_selector=selector).items)
+    if kind == "Service":
+        return list(_core().list_namespaced_service(namespace, label_selector=selector).items)
+    return list(_core().list_namespaced_config_map(namespace, label_selector=selector).items)
+
+
+def observe(namespace: str, name: str, running_units: list[str]) -> Observed:
+    """List the job's children by label; read live progress from running rank-0 pods."""
+    selector = f"{b.LABEL_JOB}={name}"
+    serializer = client.ApiClient()
+    pods = [pod_view(serializer.sanitize_for_serialization(p))
+            for p in _list("Pod", namespace, selector)]
+    observed = Observed(
+        pods=pods,
+        jobs={j.metadata.name for j in _list("Job", namespace, selector)},
+        services={s.metadata.name for s in _list("Service", namespace, selector)},
+        config_maps={c.metadata.name for c in _list("ConfigMap", namespace, selector)},
+    )
+    for pod in pods:
+        if pod.unit in running_units and pod.rank == 0 and pod.phase == "Running":
+            observed.progress[pod.unit] = _latest_event(namespace, pod.name) or {}
+    return observed
+
+
+def _latest_event(namespace: str, pod: str) -> dict[str, Any] | None:
+    try:
+        text = _core().read_namespaced_pod_log(pod, namespace, tail_lines=40)
+    except ApiException:
+        return None
+    latest = None
+    for line in text.splitlines():
+        event = parse_event(line)
+        if event is not None and event.get("event") in ("epoch", "trial"):
+            latest = event
+    return latest
+
+
+def _create(obj: dict[str, Any], namespace: str) -> None:
+    kind = obj["kind"]
+    try:
+        if kind == "Pod":
+            _core().create_namespaced_pod(namespace, obj)  # type: ignore[arg-type]
+        elif kind == "Service":
+            _core().create_namespaced_service(namespace, obj)  # type: ignore[arg-type]
+        elif kind == "ConfigMap":
+            _core().create_namespaced_config_map(namespace, obj)  # type: ignore[arg-type]
+        elif kind == "Job":
+            _batch().create_namespaced_job(namespace, obj)  # type: ignore[arg-type]
+    except ApiException as error:
+        if error.status != 409:  # already exists: another reconcile got there first
+            raise
+
+
+def _delete(kind: str, name: str, namespace: str) -> None:
+    try:
+        if kind == "Pod":
+            _core().delete_namespaced_pod(name, namespace)
+        elif kind == "Service":
+            _core().delete_namespaced_service(name, namespace)
+        elif kind == "Job":
+            _batch().delete_namespaced_job(name, namespace, propagation_policy="Background")
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def _status_patch(status: TrainingJobStatus) -> dict[str, Any]:
+    """The status as a merge patch: unset fields become null (deleted), '' becomes null too.
+
+    Kubernetes 1.20 built with a recent Go rejects empty strings in schema-checked fields.
+    """
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return None if value == "" else value
+
+    patch: dict[str, Any] = clean(status.model_dump(mode="json", by_alias=True))
+    return patch
+
+
+def _apply(decision: Decision, body: kopf.Body, namespace: str, name: str) -> None:
+    for obj in decision.create:
+        _create(obj, namespace)
+    for kind, child in decision.delete:
+        _delete(kind, child, namespace)
+    for kind, reason, message in decision.events:
+        kopf.event(body, type=kind, reason=reason, message=message[:1000])
+    if decision.delete_job:
+        _api_custom_delete(namespace, name)
+
+
+def _api_custom_delete(namespace: str, name: str) -> None:
+    _core()
+    try:
+        _api["custom"].delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def _running_units(status: dict[str, Any]) -> list[str]:
+    units = []
+    for stage in (status.get("stages") or {}).values():
+        for unit, state in (stage.get("units") or {}).items():
+            if state.get("phase") == "Running":
+                units.append(unit)
+    return units
+
+
+def _is_active(body: kopf.Body, **_: Any) -> bool:
+    status = body.get("status") or {}
+    if status.get("phase") not in TERMINAL:
+        return True
+    return (body.get("spec") or {}).get("runPolicy", {}).get("ttlSecondsAfterFinished") \
+        is not None
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL, retries=5, backoff=5, timeout=120)
+@kopf.on.resume(GROUP, VERSION, PLURAL, retries=5, backoff=5, timeout=120)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", retries=5, backoff=5, timeout=120)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, idle=None, when=_is_active,
+            retries=3, backoff=5, timeout=120)
+def reconcile_handler(body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str,
+                      **_: Any) -> None:
+    """The single reconcile of a TrainingJob; the decision itself is pure (reconcile.py)."""
+    namespace = namespace or "default"
+    document = {**dict(body), "metadata": {**dict(body.metadata), "namespace": namespace}}
+    document.pop("status", None)
+    now = datetime.now(UTC)
+    try:
+        job = parse_training_job(document, f"TrainingJob {namespace}/{name}")
+    except ManifestError as error:
+        status = TrainingJobStatus.model_validate(dict(body.get("status") or {}))
+        message = "; ".join(error.problems)
+        at = st.timestamp(now)
+        st.set_condition(status, "Invalid", "True", "InvalidSpec", message, at)
+        if status.phase not in TERMINAL:
+            st.finish_job(status, "Failed", "InvalidSpec", message, at)
+            kopf.event(body, type="Warning", reason="InvalidSpec", message=message[:1000])
+        patch.status.update(_status_patch(status))
+        return
+    raw_status = dict(body.get("status") or {})
+    if raw_status:
+        job.status = TrainingJobStatus.model_validate(raw_status)
+    try:
+        observed = observe(namespace, name, _running_units(raw_status))
+        decision = reconcile(job, observed, settings_from_env(), now)
+        _apply(decision, body, namespace, name)
+    except ApiException as error:
+        status = job.status or TrainingJobStatus()
+        st.set_condition(status, "ReconcileError", "True", "ReconcileError",
+                         f"API error {error.status}: {error.reason}", st.timestamp(now))
+        patch.status.update(_status_patch(status))
+        raise kopf.TemporaryError(f"API error {error.status}: {error.reason}", delay=10) \
+            from None
+    if not decision.delete_job:
+        patch.status.update(_status_patch(decision.status))

@@ -1,0 +1,97 @@
+"""What the operator sees of a TrainingJob's children, reduced to plain values.
+
+The handler lists the children by label and turns them into these views; the reconcile
+decision (reconcile.py) reads only the views, so it is a pure function tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .builders import LABEL_RANK, LABEL_ROLE, LABEL_STAGE, LABEL_UNIT
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    unit: str
+    stage: str
+    rank: int
+    role: str
+    phase: str  # Pending, Running, Succeeded, Failed, Unknown
+    deleting: bool = False
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    started: datetime | None = None
+    finished: datetime | None = None
+    created: datetime | None = None
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        """The work unit's summary from the termination message, when it is JSON."""
+        if not self.message:
+            return None
+        try:
+            data = json.loads(self.message)
+        except json.JSONDecodeError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    @property
+    def done(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+
+@dataclass
+class Observed:
+    """The children of one TrainingJob, and the latest progress read from pod logs."""
+
+    pods: list[PodView] = field(default_factory=list)
+    jobs: set[str] = field(default_factory=set)
+    services: set[str] = field(default_factory=set)
+    config_maps: set[str] = field(default_factory=set)
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Unit name → its latest JSON-line event from the rank-0 pod's log."""
+
+    def unit_pods(self, unit: str) -> list[PodView]:
+        return sorted((p for p in self.pods if p.unit == unit), key=lambda p: (p.rank, p.name))
+
+
+def _time(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def pod_view(pod: dict[str, Any]) -> PodView:
+    """A PodView from a pod as the API returns it (a dict in camelCase)."""
+    meta = pod.get("metadata") or {}
+    lab = meta.get("labels") or {}
+    status = pod.get("status") or {}
+    terminated: dict[str, Any] = {}
+    started = _time(status.get("startTime"))
+    for container in status.get("containerStatuses") or []:
+        state = container.get("state") or {}
+        if state.get("terminated"):
+            terminated = state["terminated"]
+        elif state.get("running"):
+            started = _time(state["running"].get("startedAt")) or started
+    return PodView(
+        name=meta.get("name", ""),
+        unit=lab.get(LABEL_UNIT, ""),
+        stage=lab.get(LABEL_STAGE, ""),
+        rank=int(lab.get(LABEL_RANK, "0")),
+        role=lab.get(LABEL_ROLE, "worker"),
+        phase=status.get("phase", "Pending"),
+        deleting=meta.get("deletionTimestamp") is not None,
+        exit_code=terminated.get("exitCode"),
+        reason=terminated.get("reason"),
+        message=terminated.get("message"),
+        started=_time(terminated.get("startedAt")) or started,
+        finished=_time(terminated.get("finishedAt")),
+        created=_time(meta.get("creationTimestamp")),
+    )
