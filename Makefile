@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	# The CPU build first and pinned: an unpinned torch pulled in by a dependency is a
 	# multi-GB CUDA download.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[all,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -79,9 +79,10 @@ def compact_result(summary: dict[str, Any]) -> str:
 
 
 def default_result_path() -> Path | None:
-    return TERMINATION_LOG if TERMINATION_LOG.parent.exists() and os.access(
-        TERMINATION_LOG.parent, os.W_OK
-    ) and TERMINATION_LOG.exists() else None
+    """The termination-message file in a pod (the kubelet creates it writable), else None."""
+    if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
+        return TERMINATION_LOG
+    return None
 
 
 class Reporter:
