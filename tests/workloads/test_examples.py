@@ -21,7 +21,7 @@ def _run_example(name: str, tmp_path: Path) -> dict[str, Any]:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"digits.yaml", "breast-cancer.yaml", "overfit.yaml"}
+    tested = {"digits.yaml", "breast-cancer.yaml", "overfit.yaml", "scarce-digits.yaml"}
     assert {p.name for p in EXAMPLES.glob("*.yaml")} == tested
     for path in EXAMPLES.glob("*.yaml"):
         load_training_job(path)
@@ -78,3 +78,19 @@ def test_breast_cancer_cross_validates(tmp_path: Path) -> None:
     assert status["training"]["testMetrics"]["test_accuracy"] >= 0.9
     report = Path(status["artifacts"]["report"]).read_text()
     assert "Cross-validation (5 folds)" in report
+
+
+@pytest.mark.slow
+def test_scarce_digits_augments_the_training_split(tmp_path: Path) -> None:
+    job = _run_example("scarce-digits.yaml", tmp_path)
+    status = job["status"]
+    assert status["phase"] == "Succeeded"
+    assert [s for s in status["stages"]] == ["augmentation", "training"]
+    augmentation = status["augmentation"]
+    before = sum(augmentation["countsBefore"].values())
+    after = sum(augmentation["countsAfter"].values())
+    # 8 transformed copies of each of the ~125 training images, and nothing else.
+    assert 100 <= before <= 150 and after == 9 * before
+    assert augmentation["added"] == 8 * before
+    assert any("RandomAffine" in op or "rotation" in op for op in augmentation["operations"])
+    assert status["training"]["testMetrics"]["test_accuracy"] >= 0.85

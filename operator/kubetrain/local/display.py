@@ -67,7 +67,8 @@ class Display:
     def _ensure(self) -> Progress:
         if self.progress is None:
             self.progress = Progress(
-                TextColumn("[bold]{task.description:<13}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                TextColumn("[bold]{task.description:<13}"), BarColumn(bar_width=24),
+                MofNCompleteColumn(),
                 TextColumn("{task.fields[unit]}"), TimeElapsedColumn(),
                 TextColumn("{task.fields[metrics]}"),
             )

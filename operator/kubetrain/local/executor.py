@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 
 from ..api.resource import ManifestError, TrainingJob
-from ..api.status import TrainingJobStatus
+from ..api.status import OverfittingFinding, TrainingJobStatus
+from ..augment import AugmentationError, check_augmentation
 from ..data import DatasetError, load_dataset
 from ..findings.cost import Usage, budget_exceeded, stage_cost, summarize_cost
 from ..findings.overfitting import analyze_overfitting
@@ -38,7 +39,9 @@ def preflight(job: TrainingJob, base_dir: Path) -> None:
     try:
         dataset = load_dataset(spec.dataset, base_dir=base_dir)
         build_model(spec.model, dataset.input_shape, dataset.num_outputs, spec.training.dropout)
-    except (DatasetError, ModelError) as error:
+        if spec.augmentation.enabled:
+            check_augmentation(spec, dataset)
+    except (DatasetError, ModelError, AugmentationError) as error:
         raise ManifestError([f"spec.{error}"], job.metadata.name) from None
     es = spec.training.early_stopping
     wrong = {"classification": "val_rmse", "regression": "val_accuracy"}[dataset.task]
@@ -270,11 +273,11 @@ class LocalExecutor:
         history = self._history()
         at = st.timestamp()
         train_result = self.results.get("train", {})
-        if history:
-            delivered = train_result.get("best_epoch") if train_result.get("restored_best") \
-                else None
-            st.apply_overfitting(self.status,
-                                 analyze_overfitting(history, self.spec, delivered), at)
+        if isinstance(train_result.get("overfitting"), dict):
+            finding = OverfittingFinding.model_validate(train_result["overfitting"])
+            st.apply_overfitting(self.status, finding, at)
+        elif history:  # interrupted before its result: judge what it trained
+            st.apply_overfitting(self.status, analyze_overfitting(history, self.spec), at)
         cost_cfg = self.spec.findings.cost
         training_usage = next((u for u in reversed(self.usages) if u.stage == "training"), None)
         tune = self.results.get("tune", {})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,8 +18,12 @@ import numpy as np
 import torch
 
 from ..api import load_training_job
+from ..api.quantity import parse_cpu
 from ..api.spec import TrainingJobSpec
+from ..augment import AugmentationError, check_augmentation
+from ..augment.store import augmented_training_rows
 from ..data import Standardizer, kfold_splits, load_dataset, split_dataset
+from ..findings.overfitting import analyze_overfitting
 from ..models import build_model
 from ..pipeline.params import apply_params
 from . import checkpoint as ckpt
@@ -60,12 +65,21 @@ def _to_tensors(X: np.ndarray, y: np.ndarray, task: str, device: torch.device,
     return TensorSplit(xt, yt)
 
 
+def _set_threads(spec: TrainingJobSpec) -> None:
+    """Threads per worker from the CPU request: oversubscribed cores make small nets crawl."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    res = spec.training.resources
+    torch.set_num_threads(max(1, int(parse_cpu(res.cpu) // res.workers_per_node)))
+
+
 def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict[str, Any]:
     job = load_training_job(args.job)
     spec: TrainingJobSpec = job.spec
     if args.params:
         spec = apply_params(spec, json.loads(args.params))
     torch.manual_seed(spec.dataset.seed)
+    _set_threads(spec)
     ctx: DistContext = init_distributed(use_gpu=spec.training.resources.gpus_per_node > 0)
     unit_dir = args.storage / args.unit
     result_path = args.result or default_result_path() or unit_dir / "result.json"
@@ -87,11 +101,23 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
         splits = kfold_splits(dataset, spec.dataset, folds)[args.fold]
     else:
         splits = split_dataset(dataset, spec.dataset)
+    # The scaler and the target scale are fit on the original training rows, not augmented ones.
     scaler = Standardizer().fit(splits.train[0])
     target_mean, target_std = 0.0, 1.0
     if dataset.task == "regression":
         target_mean = float(splits.train[1].mean())
         target_std = float(splits.train[1].std()) or 1.0
+    train_rows, augmented = splits.train, 0
+    if spec.augmentation.enabled:
+        try:
+            check_augmentation(spec, dataset)
+            X_aug, y_aug = augmented_training_rows(args.storage, spec, len(dataset),
+                                                   splits.indices, args.fold)
+        except AugmentationError as error:
+            raise SystemExit(f"error: spec.{error}") from None
+        augmented = len(y_aug)
+        train_rows = (np.concatenate([splits.train[0], X_aug]),
+                      np.concatenate([splits.train[1], y_aug]))
 
     def prepare(part: tuple[np.ndarray, np.ndarray]) -> TensorSplit:
         X, y = part
@@ -99,12 +125,13 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
         return _to_tensors(scaler.transform(X), y, dataset.task, ctx.device,
                            ctx.device.type == "cuda")
 
-    train, val, test = prepare(splits.train), prepare(splits.val), prepare(splits.test)
+    train, val, test = prepare(train_rows), prepare(splits.val), prepare(splits.test)
     model = build_model(spec.model, dataset.input_shape, dataset.num_outputs,
                         spec.training.dropout)
     reporter.event(
         "start", unit=args.unit, world_size=ctx.world_size, device=str(ctx.device),
         dataset=dataset.name, task=dataset.task, train=len(train), val=len(val), test=len(test),
+        augmented=augmented,
         parameters=sum(p.numel() for p in model.parameters()),
         epochs=args.epochs or spec.training.epochs,
     )
@@ -112,12 +139,20 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
                       checkpoint_dir=unit_dir / "checkpoints", epochs=args.epochs,
                       on_epoch=on_epoch, target_scale=target_std)
     fit = trainer.fit()
+    # The findings are pure functions of the history: the unit that has the whole history
+    # analyses it, and both executors file the finding from the result.
+    delivered = fit.best_epoch if fit.restored_best else None
+    overfitting = analyze_overfitting(fit.history, spec, delivered)
+    after_best = sum(h["seconds"] for h in fit.history
+                     if fit.best_epoch is not None and h["epoch"] > fit.best_epoch)
     test_metrics = trainer.evaluate(test, "test") if len(test) else {}
     summary: dict[str, Any] = {
         "unit": args.unit,
         "fold": args.fold,
         "status": "succeeded",
         "task": dataset.task,
+        "train_rows": len(train),
+        "augmented": augmented,
         "epochs_run": len(fit.history),
         "best_epoch": fit.best_epoch,
         "best_metrics": fit.best_metrics,
@@ -132,6 +167,8 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
         "world_size": ctx.world_size,
         "device": ctx.device.type,
         "seconds": round(time.time() - started, 3),
+        "seconds_after_best": round(after_best, 3),
+        "overfitting": overfitting.model_dump(mode="json", by_alias=True, exclude_none=True),
         "epoch_seconds": [round(s, 4) for s in fit.epoch_seconds],
         "history": str(unit_dir / HISTORY_FILE),
         "checkpoint": str(unit_dir / "checkpoints" / ckpt.LATEST),
