@@ -1,0 +1,163 @@
+"""The operator on a real cluster: TrainingJobs reconciled into pods, status, events, policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from conftest import (
+    apply_job,
+    get_json,
+    job_status,
+    kubectl,
+    operator_env,
+    small_job,
+    wait_for,
+    wait_phase,
+)
+
+pytestmark = pytest.mark.cluster
+
+
+def _pods(namespace: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = get_json("pods", "-n", namespace).get("items", [])
+    return items
+
+
+def test_small_job_succeeds_with_findings_columns_and_events(namespace: str,
+                                                            operator: Any) -> None:
+    apply_job(namespace, small_job("digits-small"))
+    status = wait_phase(namespace, "digits-small", ("Succeeded", "Failed"), timeout=300)
+    assert status["phase"] == "Succeeded", json.dumps(status)[:2000]
+    assert status["training"]["testMetrics"]["test_accuracy"] > 0.85
+    assert status["findings"]["overfitting"]["verdict"] in ("none", "suspected", "overfitting")
+    cost = status["findings"]["cost"]
+    assert cost["total"] > 0 and cost["byStage"]["training"]["seconds"] > 0
+    unit = status["stages"]["training"]["units"]["train"]
+    assert unit["phase"] == "Succeeded" and unit["result"]["status"] == "succeeded"
+    table = kubectl("get", "tj", "-n", namespace).stdout
+    for column in ("PHASE", "STAGE", "PROGRESS", "BEST", "OVERFIT", "COST", "AGE"):
+        assert column in table
+    assert "Succeeded" in table and "6/6 epochs" in table
+    events = kubectl("describe", "tj", "digits-small", "-n", namespace).stdout
+    assert "StageRunning" in events and "Succeeded" in events
+    pod = next(p for p in _pods(namespace) if p["metadata"]["name"] == "digits-small-train-0")
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["containers"][0]["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "TrainingJob"
+
+
+INVALID = [
+    ({"dataset": {"uri": "data/train.csv", "target": "label"}}, "spec.dataset.uri"),
+    ({"training": {"command": ["python", "train.py"]}}, "spec.training.command"),
+    ({"model": {"entrypoint": "mypkg.nets:build"}}, "spec.image"),
+    ({"tuning": {"enabled": True, "searchSpace": {"learningRate": {
+        "type": "float", "low": 0.1, "high": 0.01}}}}, "spec.tuning.searchSpace.learningRate"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), INVALID)
+def test_invalid_spec_sets_condition_and_creates_nothing(namespace: str, operator: Any,
+                                                         change: dict[str, Any],
+                                                         field: str) -> None:
+    apply_job(namespace, small_job("invalid", **change))
+    status = wait_phase(namespace, "invalid", ("Failed",), timeout=60)
+    invalid = next(c for c in status["conditions"] if c["type"] == "Invalid")
+    assert invalid["status"] == "True" and invalid["reason"] == "InvalidSpec"
+    assert field in invalid["message"]
+    assert _pods(namespace) == []
+    assert get_json("jobs", "-n", namespace)["items"] == []
+
+
+def test_deleted_training_pod_resumes_from_checkpoint(namespace: str, operator: Any) -> None:
+    manifest = small_job("resume", training={
+        "epochs": 40, "batchSize": 32, "learningRate": 0.003,
+        "checkpoint": {"everyEpochs": 1}, "resources": {"cpu": "500m", "memory": "1Gi"}})
+    apply_job(namespace, manifest)
+    wait_for(lambda: (job_status(namespace, "resume").get("training") or {}).get("epoch", 0)
+             >= 3, 240, "3 epochs")
+    kubectl("delete", "pod", "resume-train-0", "-n", namespace, "--wait=false")
+    status = wait_phase(namespace, "resume", ("Succeeded", "Failed"), timeout=400)
+    assert status["phase"] == "Succeeded", json.dumps(status)[:2000]
+    result = status["stages"]["training"]["units"]["train"]["result"]
+    assert result["resumed_from_epoch"] >= 2
+    assert status["training"]["epoch"] == 40
+
+
+def test_deleting_the_job_removes_all_children_within_30s(namespace: str,
+                                                          operator: Any) -> None:
+    apply_job(namespace, small_job("doomed", training={"epochs": 200, "batchSize": 16}))
+    wait_for(lambda: any(p["status"].get("phase") == "Running" for p in _pods(namespace)),
+             180, "a running training pod")
+    kubectl("delete", "tj", "doomed", "-n", namespace, "--wait=false")
+    started = time.time()
+
+    def gone() -> bool:
+        kinds = ("pods", "services", "jobs", "configmaps")
+        left = [item for kind in kinds for item in get_json(kind, "-n", namespace)["items"]
+                if item["metadata"].get("labels", {}).get("kubetrain.io/job") == "doomed"]
+        return not left
+
+    wait_for(gone, 60, "children to be garbage-collected", interval=1)
+    assert time.time() - started <= 30
+
+
+def _start_operator(namespace: str) -> subprocess.Popen[bytes]:
+    with operator_env(namespace):
+        env = dict(os.environ)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kubetrain.cli", "operator", "-n", namespace,
+         "--liveness", "http://127.0.0.1:0/healthz"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def test_operator_killed_three_times_job_still_succeeds(namespace: str) -> None:
+    manifest = small_job("survivor", training={
+        "epochs": 30, "batchSize": 32, "learningRate": 0.003,
+        "crossValidation": {"folds": 2}, "resources": {"cpu": "500m", "memory": "1Gi"}})
+    apply_job(namespace, manifest)
+    created: Counter[str] = Counter()
+    seen_uids: dict[str, str] = {}
+    proc = _start_operator(namespace)
+    try:
+        for _ in range(3):
+            wait_for(lambda: any(p["status"].get("phase") == "Running"
+                                 for p in _pods(namespace)), 240, "a running pod")
+            time.sleep(4)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            for pod in _pods(namespace):
+                name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
+                if seen_uids.get(name) != uid:
+                    seen_uids[name] = uid
+                    created[name] += 1
+            time.sleep(2)
+            proc = _start_operator(namespace)
+        status = wait_phase(namespace, "survivor", ("Succeeded", "Failed"), timeout=600)
+    finally:
+        kubectl("delete", "tj", "survivor", "-n", namespace, "--wait=false", check=False)
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert status["phase"] == "Succeeded", json.dumps(status)[:2000]
+    for pod in _pods(namespace):
+        name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
+        if seen_uids.get(name) != uid:
+            seen_uids[name] = uid
+            created[name] += 1
+    # Every pod was created exactly once: no duplicates, no stage rerun from scratch.
+    assert created and all(count == 1 for count in created.values()), created
+    assert set(created) == {"survivor-fold-0-0", "survivor-fold-1-0", "survivor-train-0"}
+    units = status["stages"]["training"]["units"]
+    assert all(u["restarts"] == 0 and u["phase"] == "Succeeded" for u in units.values())
+    assert status["training"]["crossValidation"]["folds"] == 2
+
