@@ -15,7 +15,12 @@ What is timed, per epoch, on the wall clock from outside:
   once per epoch, as kubetrain does).
 
 One warm-up epoch for each side, then ``--repeats`` alternating timed blocks (kubetrain,
-hand-written, kubetrain, ...) of ``--epochs`` epochs each; the table shows the medians.
+hand-written, kubetrain, ...) of ``--epochs`` epochs each (by default as many as fill about
+``--min-seconds``). The table shows the median samples/s of each side and, as the ratio, the
+median of the ratios of neighbouring blocks (each hand-written block against the kubetrain
+blocks just before and just after it), which cancels load that drifts over seconds on a shared
+machine and any advantage of running first. The JSON also holds every
+block's rate and the same figures on process CPU time.
 
 On CUDA the hand-written loop is made the best it can be (bf16 autocast, channels_last for the
 conv nets, fused AdamW, large batches; ``--compile`` adds a torch.compile
@@ -55,6 +60,7 @@ SEED = 0
 LEARNING_RATE = 1e-3
 WEIGHT_DECAY = 0.0
 GOAL = 0.95
+MIN_REPEATS, MAX_REPEATS = 15, 400
 
 
 @dataclass(frozen=True)
@@ -118,7 +124,8 @@ def synthetic_npz(params: dict[str, Any], folder: Path) -> Path:
     return path
 
 
-def make_spec(case: Case, folder: Path, device: torch.device) -> TrainingJobSpec:
+def make_spec(case: Case, folder: Path, device: torch.device,
+              weight_decay: float = WEIGHT_DECAY) -> TrainingJobSpec:
     dataset = dict(case.dataset)
     synthetic = dataset.pop("synthetic", None)
     if synthetic is not None:
@@ -130,7 +137,7 @@ def make_spec(case: Case, folder: Path, device: torch.device) -> TrainingJobSpec
         "training": {
             "batchSize": case.batch_size,
             "learningRate": LEARNING_RATE,
-            "weightDecay": WEIGHT_DECAY,
+            "weightDecay": weight_decay,
             "schedule": "constant",
             "optimizer": "adamw",
             "precision": "bf16" if device.type == "cuda" else "fp32",
@@ -168,15 +175,17 @@ class Runner:
     label: str
     run_epoch: Callable[[], float]
     times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 
-    def timed(self, epochs: int, device: torch.device) -> float:
+    def timed(self, epochs: int, device: torch.device) -> tuple[float, float]:
+        """(wall seconds, process CPU seconds) for ``epochs`` epochs."""
         sync(device)
-        start = time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
         for _ in range(epochs):
             self.losses.append(self.run_epoch())
         sync(device)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
 
 def kubetrain_runner(spec: TrainingJobSpec, model: nn.Module, task: str, train: TensorSplit,
@@ -196,14 +205,15 @@ def kubetrain_runner(spec: TrainingJobSpec, model: nn.Module, task: str, train: 
 
 
 def handwritten_runner(model: nn.Module, task: str, train: TensorSplit, batch_size: int,
-                       device: torch.device, compile_mode: str | None = None) -> Runner:
+                       device: torch.device, compile_mode: str | None = None,
+                       weight_decay: float = WEIGHT_DECAY) -> Runner:
     """The idiomatic loop; on CUDA with bf16 autocast, channels_last and fused AdamW."""
     cuda = device.type == "cuda"
     model = model.to(device)
     if cuda and train.X.dim() == 4:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE,
-                                  weight_decay=WEIGHT_DECAY, fused=True if cuda else None)
+                                  weight_decay=weight_decay, fused=True if cuda else None)
     criterion = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
     forward: Callable[[torch.Tensor], torch.Tensor] = model
     mark_step: Callable[[], None] | None = None
@@ -246,7 +256,8 @@ def fresh_model(spec: TrainingJobSpec, input_shape: tuple[int, ...], outputs: in
 
 def bench_case(case: Case, args: argparse.Namespace, device: torch.device,
                folder: Path) -> dict[str, Any]:
-    spec = make_spec(case, folder, device)
+    spec = make_spec(case, folder, device, args.weight_decay)
+    wd = spec.training.weight_decay
     train, val, task, input_shape, outputs = prepare(spec, device)
     n = len(train)
     if n % case.batch_size == 1:
@@ -256,37 +267,60 @@ def bench_case(case: Case, args: argparse.Namespace, device: torch.device,
         kubetrain_runner(spec, fresh_model(spec, input_shape, outputs), task, train, val,
                          device, folder / f"ckpt-{case.name}-{case.batch_size}"),
         handwritten_runner(fresh_model(spec, input_shape, outputs), task, train,
-                           case.batch_size, device),
+                           case.batch_size, device, weight_decay=wd),
     ]
     if args.compile and device.type == "cuda":
         runners.append(handwritten_runner(fresh_model(spec, input_shape, outputs), task, train,
-                                          case.batch_size, device, "reduce-overhead"))
+                                          case.batch_size, device, "reduce-overhead", wd))
 
-    warmup = [r.timed(1, device) for r in runners]  # first-touch allocations, compilation
+    warmup = [r.timed(1, device)[0] for r in runners]  # first-touch allocations, compiling
+    epoch_seconds = max(min(warmup), 1e-6)
     epochs = args.epochs
     if epochs is None:  # enough epochs per timed block for about --min-seconds
-        epochs = max(1, math.ceil(args.min_seconds / max(min(warmup), 1e-6)))
-    for _ in range(args.repeats):
+        epochs = max(1, math.ceil(args.min_seconds / epoch_seconds))
+    repeats = args.repeats
+    if repeats is None:  # short blocks, many of them: about --case-seconds in all
+        block = epochs * epoch_seconds * len(runners)
+        repeats = min(MAX_REPEATS, max(MIN_REPEATS, round(args.case_seconds / block)))
+    deadline = time.perf_counter() + 2 * args.case_seconds  # in case the load grows meanwhile
+    for i in range(repeats):
+        if args.repeats is None and i >= MIN_REPEATS and time.perf_counter() > deadline:
+            repeats = i
+            break
         for runner in runners:  # alternating: A B A B ...
-            runner.times.append(runner.timed(epochs, device))
+            wall, cpu = runner.timed(epochs, device)
+            runner.times.append(wall)
+            runner.cpu_times.append(cpu)
 
     samples = n * epochs
     row: dict[str, Any] = {"case": case.name, "batch": case.batch_size, "train_rows": n,
                            "steps_per_epoch": math.ceil(n / case.batch_size),
-                           "epochs_per_repeat": epochs, "repeats": args.repeats}
+                           "epochs_per_repeat": epochs, "repeats": repeats}
     for runner in runners:
         rates = [samples / t for t in runner.times]
         row[runner.label] = {
             "samples_per_s": statistics.median(rates),
             "min": min(rates), "max": max(rates), "all": rates,
+            "samples_per_cpu_s": statistics.median(samples / t for t in runner.cpu_times),
             "final_loss": runner.losses[-1],
         }
-    base = row["hand-written"]["samples_per_s"]
-    row["ratio"] = row["kubetrain"]["samples_per_s"] / base
-    if len(runners) > 2:
-        row["ratio_vs_compiled"] = (row["kubetrain"]["samples_per_s"]
-                                    / row[runners[2].label]["samples_per_s"])
+    kube = runners[0]
+    for key, other in (("ratio", runners[1]), ("ratio_vs_compiled", runners[-1])):
+        if key == "ratio" or len(runners) > 2:
+            row[key] = neighbour_ratio(kube.times, other.times)
+            row[key + "_cpu_time"] = neighbour_ratio(kube.cpu_times, other.cpu_times)
     return row
+
+
+def neighbour_ratio(ours: list[float], theirs: list[float]) -> float:
+    """Median speed ratio of each of our blocks against the other side's blocks next to it.
+
+    Block i of theirs ran just after our block i and just before our block i + 1; pairing both
+    ways cancels load that drifts over seconds and any cost of running first.
+    """
+    pairs = [t / o for o, t in zip(ours, theirs, strict=True)]
+    pairs += [t / o for o, t in zip(ours[1:], theirs, strict=False)]
+    return statistics.median(pairs)
 
 
 # ----- output --------------------------------------------------------------------------------
@@ -319,15 +353,21 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--repeats", type=int, default=7,
-                        help="timed blocks per side, alternating (default 7)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed blocks per side, alternating (default: enough for "
+                             f"--case-seconds, {MIN_REPEATS} to {MAX_REPEATS})")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs per timed block (default: enough for --min-seconds)")
-    parser.add_argument("--min-seconds", type=float, default=1.0,
-                        help="target length of a timed block when --epochs is not set")
+    parser.add_argument("--min-seconds", type=float, default=0.05,
+                        help="shortest timed block when --epochs is not set (default 0.05)")
+    parser.add_argument("--case-seconds", type=float, default=20.0,
+                        help="timed seconds per case when --repeats is not set (default 20)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch.set_num_threads (default 1: stable on a shared machine; "
                              "0 keeps torch's own choice)")
+    parser.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY,
+                        help="AdamW weight decay, both sides (default 0; kubetrain then trains "
+                             "one parameter group, with decay two: none on biases and norms)")
     parser.add_argument("--compile", action="store_true",
                         help="CUDA only: add a torch.compile(mode='reduce-overhead') baseline")
     parser.add_argument("--case", action="append", default=None,
@@ -339,7 +379,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.min_seconds = 0.0
         args.epochs = args.epochs or 1
-    if args.repeats < 1:
+        args.repeats = args.repeats or 3
+    if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
     return args
 
@@ -358,10 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     env = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
            "timed": "Trainer.train_epoch (as fit() calls it, no evaluation) vs the plain loop",
-           "repeats": args.repeats, "quick": args.quick}
+           "repeats": args.repeats, "quick": args.quick, "weight_decay": args.weight_decay,
+           "learning_rate": LEARNING_RATE}
     print(f"torch {env['torch']}, device {device}"
           + (f" ({env['device_name']})" if env["device_name"] else "")
-          + f", {env['threads']} threads, {args.repeats} alternating repeats, median")
+          + f", {env['threads']} threads, alternating timed blocks, medians")
     rows = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kubetrain-bench-") as tmp:
@@ -369,10 +411,12 @@ def main(argv: list[str] | None = None) -> int:
             row = bench_case(case, args, device, Path(tmp))
             rows.append(row)
             print(f"  {case.name} (batch {case.batch_size}): ratio {row['ratio']:.3f} "
-                  f"({row['epochs_per_repeat']} epochs x {row['train_rows']} rows per block)",
-                  flush=True)
+                  f"({row['repeats']} repeats of {row['epochs_per_repeat']} epochs x "
+                  f"{row['train_rows']} rows)", flush=True)
     print()
     print(format_table(rows))
+    print("samples/s: median over the repeats (wall clock); ratio: median of kubetrain / "
+          "hand-written over neighbouring blocks")
     if device.type == "cpu" and not args.quick:
         low = [r["case"] for r in rows if r["ratio"] < GOAL]
         print(f"\ngoal on CPU: ratio >= {GOAL}: " + ("met" if not low else

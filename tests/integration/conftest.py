@@ -111,10 +111,14 @@ def namespace(cluster: dict[str, str]) -> Iterator[str]:
 def operator_env(namespace: str) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in ("KUBETRAIN_WORKER_IMAGE", "KUBETRAIN_DEFAULT_PVC",
                                             "KUBETRAIN_IMAGE_PULL_POLICY",
-                                            "KUBETRAIN_TIMER_SECONDS")}
+                                            "KUBETRAIN_TIMER_SECONDS",
+                                            "KUBETRAIN_DEV_SOURCE")}
     os.environ.update({"KUBETRAIN_WORKER_IMAGE": WORKER_IMAGE,
                        "KUBETRAIN_DEFAULT_PVC": "kubetrain-data",
-                       "KUBETRAIN_IMAGE_PULL_POLICY": "Never"})
+                       "KUBETRAIN_IMAGE_PULL_POLICY": "Never",
+                       # The code under test, mounted over the image's copy (one-node cluster).
+                       "KUBETRAIN_DEV_SOURCE": str(REPO / "operator"),
+                       "KUBETRAIN_TIMER_SECONDS": "3"})
     try:
         yield
     finally:

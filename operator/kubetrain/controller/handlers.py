@@ -33,6 +33,7 @@ def settings_from_env() -> b.OperatorSettings:
         worker_image=os.environ.get("KUBETRAIN_WORKER_IMAGE", b.OperatorSettings.worker_image),
         image_pull_policy=os.environ.get("KUBETRAIN_IMAGE_PULL_POLICY", "IfNotPresent"),
         default_pvc=os.environ.get("KUBETRAIN_DEFAULT_PVC") or None,
+        dev_source=os.environ.get("KUBETRAIN_DEV_SOURCE") or None,
     )
 
 
