@@ -17,12 +17,14 @@ import yaml
 from ..api.resource import ManifestError, TrainingJob
 from ..api.status import OverfittingFinding, TrainingJobStatus
 from ..augment import AugmentationError, check_augmentation
+from ..augment.store import AUGMENT_DIR
 from ..data import DatasetError, load_dataset
 from ..findings.cost import Usage, budget_exceeded, stage_cost, summarize_cost
 from ..findings.overfitting import analyze_overfitting
 from ..models import ModelError, build_model
 from ..pipeline import status as st
 from ..pipeline.plan import Plan, Stage, WorkUnit, plan
+from ..tuning.study import TUNING_DIR
 from ..workloads.report import read_result
 from .artifacts import plot_loss_curve, write_report
 from .display import Display
@@ -74,9 +76,12 @@ class LocalExecutor:
 
     def _prepare_storage(self) -> Path:
         if not self.resume:
+            # A fresh run: no unit may resume a checkpoint, or a sweep a study, of an old one.
             for stage in self.plan.stages:
                 for unit in stage.units:
                     shutil.rmtree(self.storage / unit.name, ignore_errors=True)
+            for folder in (TUNING_DIR, AUGMENT_DIR):
+                shutil.rmtree(self.storage / folder, ignore_errors=True)
         self.storage.mkdir(parents=True, exist_ok=True)
         job_file = self.storage / "job.yaml"
         manifest = self.job.to_manifest()
@@ -101,7 +106,7 @@ class LocalExecutor:
                 failed = self._run_stage(stage, job_file)
                 if failed or self.budget_hit:
                     break
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (see workloads/__init__)
             if self.current is not None:
                 self.current.terminate(grace=10)
                 self._record_usage(self.current)

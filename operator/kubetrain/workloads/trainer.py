@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,16 +89,22 @@ class _StopSignal:
     def __init__(self) -> None:
         self.requested = False
         self._previous: Any = None
+        self._installed = False
 
     def __enter__(self) -> _StopSignal:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        # Ray Tune runs trials off the main thread, where handlers cannot be set; there the
+        # trial runner's own stop mechanism applies.
+        self._installed = threading.current_thread() is threading.main_thread()
+        if self._installed:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 class Trainer:

@@ -1,0 +1,324 @@
+"""The sweep's Optuna study: samplers, pruners, storage, creation, summaries, orphaned trials.
+
+The study outlives every process (never in memory): a journal file in the job's storage, read
+and written by every trial process, or reached through a study server (``GrpcStorageProxy``),
+or an external database (``tuning.storage``). It is created once, by the sweep driver or the
+operator, before any trial starts; trial processes only load it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import time
+import warnings
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.samplers import BaseSampler
+from optuna.storages import BaseStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from ..api.spec import SearchDimension, TrainingJobSpec
+from .space import decode_params, grid_search_space
+
+TUNING_DIR = "tuning"
+"""The sweep's folder in the job's storage: the journal, the trials table, one folder a trial."""
+JOURNAL_FILE = "journal.log"
+TRIALS_FILE = "trials.json"
+
+STATE_NAMES = {
+    TrialState.RUNNING: "running",
+    TrialState.COMPLETE: "complete",
+    TrialState.PRUNED: "pruned",
+    TrialState.FAIL: "failed",
+    TrialState.WAITING: "waiting",
+}
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class TuningUnavailable(RuntimeError):
+    """A sampler or storage the manifest asks for needs a package this image lacks."""
+
+
+def tuning_dir(storage: Path) -> Path:
+    return storage / TUNING_DIR
+
+
+def journal_path(storage: Path) -> Path:
+    return tuning_dir(storage) / JOURNAL_FILE
+
+
+def trial_epochs(spec: TrainingJobSpec, params: Mapping[str, Any] | None = None) -> int:
+    """Epochs one trial trains: a tuned ``epochs``, else epochsPerTrial, else training.epochs."""
+    if params and "epochs" in params:
+        return int(params["epochs"])
+    return spec.tuning.epochs_per_trial or spec.training.epochs
+
+
+def max_trial_epochs(spec: TrainingJobSpec) -> int:
+    """The most epochs any trial can train (the pruners' maximum resource)."""
+    dim = spec.tuning.search_space.get("epochs")
+    if dim is not None and dim.type != "categorical" and dim.high is not None:
+        return max(1, math.floor(dim.high))
+    if dim is not None and dim.choices:
+        return max(int(c) for c in dim.choices)
+    return trial_epochs(spec)
+
+
+def startup_trials(trials: int) -> int:
+    """Random trials before a model-based sampler (tpe, gp) starts: a quarter of the budget,
+    at most 10 (Optuna's default of 10 assumes budgets of hundreds of trials)."""
+    return max(1, min(10, trials // 4))
+
+
+def _require(sampler: str, *modules: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise TuningUnavailable(
+            f"tuning.sampler {sampler} needs the Python package(s) {', '.join(missing)} in the "
+            f"worker image (pip install {' '.join(missing)}); or use another sampler: "
+            "grid, random, tpe"
+        )
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, minus its ``study.stop()`` once the grid is done: that only
+    works inside ``study.optimize`` (a tell from a trial process or the driver raises); the
+    driver runs no more trials than the grid has points."""
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        return None
+
+
+def make_sampler(spec: TrainingJobSpec, seed: int | None = None) -> BaseSampler:
+    """The sampler of ``tuning.sampler``, seeded with ``seed`` (default: dataset.seed).
+
+    Each trial process builds its own sampler: give each a different seed, or parallel
+    processes draw the same random start points.
+    """
+    tuning = spec.tuning
+    seed = spec.dataset.seed if seed is None else seed
+    startup = startup_trials(tuning.trials)
+    if tuning.sampler == "grid":
+        return _GridSampler(grid_search_space(tuning.search_space), seed=seed)
+    if tuning.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if tuning.sampler == "tpe":
+        # constant_liar: running trials count as bad guesses, so parallel trials spread out.
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup,
+                                          constant_liar=True)
+    if tuning.sampler == "cmaes":
+        _require("cmaes", "cmaes")
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if tuning.sampler == "gp":
+        _require("gp", "scipy", "torch")
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup,
+                                         warn_independent_sampling=False)
+    raise ValueError(f"unknown sampler {tuning.sampler!r}")
+
+
+def make_pruner(spec: TrainingJobSpec) -> BasePruner:
+    """The pruner of ``tuning.pruner``; steps are epochs (1, 2, ...)."""
+    tuning = spec.tuning
+    if tuning.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if tuning.pruner == "median":
+        # Complete trials to compare with before pruning starts: an eighth of the budget
+        # (1 to 5). More protects nothing and costs whole trials (bench/tune_pruning.py).
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=max(1, min(5, tuning.trials // 8)), n_warmup_steps=1)
+    if tuning.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1,
+                                              max_resource=max_trial_epochs(spec),
+                                              reduction_factor=3)
+    if tuning.pruner == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    raise ValueError(f"unknown pruner {tuning.pruner!r}")
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"study server address {address!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def open_storage(storage_dir: Path, *, study_server: str | None = None,
+                 url: str | None = None, wait_seconds: float = 60.0) -> BaseStorage:
+    """The study's storage: the study server when given, else ``url``, else the journal file."""
+    if study_server:
+        host, port = parse_address(study_server)
+        with warnings.catch_warnings():  # experimental in Optuna; chosen knowingly (DESIGN)
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
+        _wait_for_server(proxy, study_server, wait_seconds)
+        return proxy
+    if url:
+        try:
+            return optuna.storages.RDBStorage(url)
+        except ImportError as error:
+            raise TuningUnavailable(
+                f"tuning.storage {url.split(':', 1)[0]}: needs a database driver in the worker "
+                f"image ({error}); e.g. pip install psycopg2-binary for postgresql"
+            ) from None
+    path = journal_path(storage_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backend = JournalFileBackend(str(path))
+    return optuna.storages.JournalStorage(backend)
+
+
+def _wait_for_server(proxy: BaseStorage, address: str, seconds: float) -> None:
+    """A trial pod may start before the study server listens: retry until it answers."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            proxy.get_all_studies()
+            return
+        except Exception as error:  # grpc raises its own RpcError subclasses
+            if time.monotonic() > deadline:
+                raise ConnectionError(f"study server {address} did not answer within "
+                                      f"{seconds:.0f} s: {error}") from None
+            time.sleep(0.5)
+
+
+def create_study_once(storage: BaseStorage, name: str, spec: TrainingJobSpec) -> optuna.Study:
+    """Create the study, or load it if an earlier run created it (then it continues)."""
+    direction = spec.tuning.objective.direction
+    study = optuna.create_study(storage=storage, study_name=name, direction=direction,
+                                load_if_exists=True, sampler=make_sampler(spec),
+                                pruner=make_pruner(spec))
+    stored = study.direction.name.lower()
+    if stored != direction:
+        raise ValueError(f"the stored study {name!r} was made to {stored}, but "
+                         f"tuning.objective.direction is {direction}; remove the stored study "
+                         "or rename the job")
+    return study
+
+
+def load_study(storage: BaseStorage, name: str, spec: TrainingJobSpec,
+               seed: int | None = None) -> optuna.Study:
+    """Load the study made by ``create_study_once``, with a sampler seeded with ``seed``
+    (default: dataset.seed + the number of trials so far, different for each new trial)."""
+    study = optuna.load_study(study_name=name, storage=storage,
+                              sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(spec))
+    if seed is None:
+        seed = spec.dataset.seed + len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(spec, seed)
+    return study
+
+
+def state_name(state: TrialState) -> str:
+    return STATE_NAMES.get(state, state.name.lower())
+
+
+def epochs_run(trial: FrozenTrial) -> int:
+    """Epochs a trial trained: as it reported, or its last reported epoch if it was killed."""
+    recorded = trial.user_attrs.get("epochs_run")
+    if isinstance(recorded, int):
+        return recorded
+    return max(trial.intermediate_values, default=0)
+
+
+def trial_seconds(trial: FrozenTrial) -> float:
+    """Wall seconds of a trial: as its process measured them, else from the study's clock."""
+    recorded = trial.user_attrs.get("seconds")
+    if isinstance(recorded, int | float):
+        return float(recorded)
+    if trial.datetime_start and trial.datetime_complete:
+        return (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return 0.0
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
+    """Trials by state (the status's ``tuning.trials``)."""
+    result = {"total": len(trials), "running": 0, "complete": 0, "pruned": 0, "failed": 0}
+    for trial in trials:
+        name = state_name(trial.state)
+        if name in result:
+            result[name] += 1
+    return result
+
+
+def best_trial(study: optuna.Study, space: Mapping[str, SearchDimension] | None = None
+               ) -> dict[str, Any] | None:
+    """The best complete trial: {trial, params, value}, or None while there is none."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    return {"trial": best.number, "params": decode_params(space or {}, best.params),
+            "value": best.value}
+
+
+def importances(study: optuna.Study, complete: int) -> dict[str, float]:
+    """fANOVA parameter importances over the complete trials (needs two at least)."""
+    if complete < 2:
+        return {}
+    try:
+        found = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):  # e.g. every complete trial has the same params
+        return {}
+    return {name: round(float(value), 4) for name, value in found.items()}
+
+
+def summarize(study: optuna.Study, space: Mapping[str, SearchDimension] | None = None
+              ) -> dict[str, Any]:
+    """Trials by state, the best trial and parameter importances."""
+    by_state = counts(study.get_trials(deepcopy=False))
+    return {"trials": by_state, "best": best_trial(study, space),
+            "importances": importances(study, by_state["complete"])}
+
+
+def trial_row(trial: FrozenTrial, space: Mapping[str, SearchDimension] | None = None
+              ) -> dict[str, Any]:
+    """One line of the trials table."""
+    return {"number": trial.number, "state": state_name(trial.state),
+            "params": decode_params(space or {}, trial.params), "value": trial.value,
+            "epochs": epochs_run(trial), "seconds": round(trial_seconds(trial), 3)}
+
+
+def sweep_totals(trials: Sequence[FrozenTrial], spec: TrainingJobSpec) -> dict[str, Any]:
+    """Epochs trained, epochs pruning saved and trial seconds, over every trial of the study."""
+    run = sum(epochs_run(t) for t in trials)
+    saved = 0
+    for trial in trials:
+        if trial.state == TrialState.PRUNED:
+            planned = trial.user_attrs.get("epochs_planned")
+            if not isinstance(planned, int):
+                planned = trial_epochs(spec, decode_params(spec.tuning.search_space,
+                                                           trial.params))
+            saved += max(0, planned - epochs_run(trial))
+    return {"epochs_run": run, "epochs_saved_by_pruning": saved,
+            "trial_seconds": round(sum(trial_seconds(t) for t in trials), 3)}
+
+
+def mark_failed(study: optuna.Study, number: int) -> bool:
+    """Fail a trial that is still running (its process died); False if it had finished."""
+    trial = study.get_trials(deepcopy=False)[number]
+    if trial.state != TrialState.RUNNING:
+        return False
+    study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    return True
+
+
+def fail_orphaned_trials(study: optuna.Study, alive_numbers: Collection[int]) -> list[int]:
+    """Fail every running trial that no live process runs (killed, or its pod died).
+
+    Without this a killed trial stays RUNNING for ever: pruners and samplers keep counting it
+    and a rerun never reaches the trial budget.
+    """
+    orphaned = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.number not in alive_numbers]
+    for number in orphaned:
+        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    return orphaned

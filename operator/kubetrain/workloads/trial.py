@@ -1,0 +1,196 @@
+"""One trial of a sweep: ``python -m kubetrain.workloads.trial`` (a local process or a pod).
+
+It loads the study (created beforehand by the sweep driver or the operator), asks it for one
+trial, says which trial it owns (a ``trial`` event, first), trains in-process with that trial's
+hyperparameters, reporting the objective after every epoch so that the pruner can stop it, and
+tells the study how it ended: complete (the objective at the best epoch), pruned or failed.
+
+Exit code: 0 when the trial completed or was pruned, 143 when terminated, 1 when it failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ..api import load_training_job
+from ..api.spec import TrainingJobSpec
+from ..tuning.space import decode_params, distributions
+from ..tuning.study import TUNING_DIR, load_study, open_storage, state_name, trial_epochs
+from . import train
+from .report import Reporter, default_result_path
+
+PARENT_ENV = "KUBETRAIN_SWEEP_PID"
+"""Set by the local sweep driver: the trial ends with it (no orphaned trainings)."""
+RESULT_FILE = "trial.json"
+
+
+class Terminated(BaseException):
+    """SIGTERM outside the training loop (which handles it itself)."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m kubetrain.workloads.trial",
+                                     description="kubetrain tuning trial work unit")
+    parser.add_argument("--job", required=True, type=Path, help="TrainingJob manifest (YAML)")
+    parser.add_argument("--storage", required=True, type=Path,
+                        help="the job's storage directory (shared by all work units)")
+    parser.add_argument("--study", required=True, help="study name (created beforehand)")
+    parser.add_argument("--study-server", default=None, metavar="HOST:PORT",
+                        help="reach the study through this study server (GrpcStorageProxy)")
+    parser.add_argument("--sampler-seed", type=int, default=None,
+                        help="seed of this process's sampler (default: dataset.seed + the "
+                             "number of trials in the study)")
+    parser.add_argument("--result", type=Path, default=None,
+                        help="result file (default: /dev/termination-log in a pod, else "
+                             f"<storage>/{TUNING_DIR}/trial-N/{RESULT_FILE})")
+    parser.add_argument("--base-dir", type=Path, default=Path.cwd(),
+                        help="folder that relative dataset URIs are resolved against")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="where pvc://claim/path dataset URIs are mounted")
+    return parser.parse_args(argv)
+
+
+def trial_unit(number: int) -> str:
+    """The trial's folder in storage, relative to it (checkpoints, history, model)."""
+    return f"{TUNING_DIR}/trial-{number}"
+
+
+def training_args(job: Path, storage: Path, number: int, params: dict[str, Any], epochs: int,
+                  base_dir: Path, data_root: Path | None) -> argparse.Namespace:
+    """The training work unit's arguments for one trial (it runs in-process)."""
+    unit = trial_unit(number)
+    return argparse.Namespace(
+        job=job, storage=storage, unit=unit, fold=None, params=json.dumps(params),
+        # A tuned `epochs` is in params already; --epochs would override it.
+        epochs=None if "epochs" in params else epochs,
+        result=storage / unit / "result.json", base_dir=base_dir, data_root=data_root,
+    )
+
+
+def objective_value(summary: dict[str, Any], metric: str, direction: str) -> float | None:
+    """The objective at the trial's best epoch (from its history), None if never finite."""
+    try:
+        history = json.loads(Path(summary["history"]).read_text())
+    except (KeyError, OSError, json.JSONDecodeError):
+        history = []
+    values = [float(h[metric]) for h in history
+              if isinstance(h.get(metric), int | float) and math.isfinite(h[metric])]
+    if not values:
+        return None
+    return max(values) if direction == "maximize" else min(values)
+
+
+def die_with_parent() -> None:
+    """Under the local sweep driver: get SIGTERM when it dies, even by SIGKILL (Linux)."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if str(os.getppid()) != parent:  # it died before prctl took effect
+        raise Terminated
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.time()
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        die_with_parent()
+    except Terminated:
+        return 143
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec: TrainingJobSpec = load_training_job(args.job).spec
+    storage = open_storage(args.storage, study_server=args.study_server,
+                           url=spec.tuning.storage)
+    study = load_study(storage, args.study, spec, seed=args.sampler_seed)
+    trial = study.ask(distributions(spec.tuning.search_space))
+    return run_trial(spec, args, study, trial, started)
+
+
+def run_trial(spec: TrainingJobSpec, args: argparse.Namespace, study: optuna.Study,
+              trial: optuna.Trial, started: float) -> int:
+    number = trial.number
+    params = decode_params(spec.tuning.search_space, trial.params)
+    planned = trial_epochs(spec, params)
+    unit_dir = args.storage / trial_unit(number)
+    reporter = Reporter(args.result or default_result_path() or unit_dir / RESULT_FILE)
+    # First, so whoever started this process knows which trial it owns (to fail it if we die).
+    reporter.event("trial", number=number, params=params, state="running", pid=os.getpid())
+    trial.set_user_attr("epochs_planned", planned)
+    metric, direction = spec.tuning.objective.metric, spec.tuning.objective.direction
+    reported: list[int] = []
+
+    def on_epoch(metrics: dict[str, float]) -> bool:
+        if metric not in metrics:
+            raise KeyError(f"tuning.objective.metric {metric} is not among the metrics this "
+                           f"training reports: {', '.join(sorted(metrics))}")
+        trial.report(float(metrics[metric]), int(metrics["epoch"]))
+        reported.append(int(metrics["epoch"]))
+        # Pruning after the last epoch saves nothing: the trial has run; let it complete.
+        return int(metrics["epoch"]) < planned and trial.should_prune()
+
+    state, value, error, epochs_run = TrialState.FAIL, None, None, 0
+    code = 1
+    try:
+        summary = train.run(training_args(args.job, args.storage, number, params, planned,
+                                          args.base_dir, args.data_root), on_epoch)
+        epochs_run = int(summary.get("epochs_run") or 0)
+        if summary.get("status") == "terminated":
+            error, code = "terminated", 143
+        elif summary.get("stop_reason") == "pruned":
+            state, code = TrialState.PRUNED, 0
+        else:
+            value = objective_value(summary, metric, direction)
+            if value is None:
+                error = f"{metric} was never finite ({summary.get('stop_reason') or 'diverged'})"
+            else:
+                state, code = TrialState.COMPLETE, 0
+    except Terminated:
+        error, code = "terminated", 143
+    except Exception as exc:
+        traceback.print_exc()
+        error = f"{type(exc).__name__}: {exc}"
+    epochs_run = epochs_run or len(reported)
+    # A second SIGTERM must not cut the study's journal write in half.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    seconds = round(time.time() - started, 3)
+    trial.set_user_attr("epochs_run", epochs_run)
+    trial.set_user_attr("seconds", seconds)
+    if error:
+        trial.set_user_attr("error", error[:500])
+    frozen = study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    fields: dict[str, Any] = {"trial": number, "state": state_name(frozen.state),
+                              "value": frozen.value, "params": params,
+                              "epochs_run": epochs_run, "seconds": seconds}
+    if error:
+        fields["error"] = error[:500]
+    reporter.event("trial", number=number, state=fields["state"], value=frozen.value,
+                   params=params, epoch=epochs_run, **({"error": fields["error"]} if error
+                                                      else {}))
+    reporter.result(fields)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
