@@ -28,17 +28,36 @@ def test_every_example_is_tested() -> None:
 
 
 @pytest.mark.slow
-def test_digits_reaches_95_percent_without_overfitting(tmp_path: Path) -> None:
+def test_digits_runs_all_four_stages_reaches_95_percent_without_overfitting(
+        tmp_path: Path) -> None:
     job = _run_example("digits.yaml", tmp_path)
     status = job["status"]
     assert status["phase"] == "Succeeded"
+    assert {name: s["phase"] for name, s in status["stages"].items()} == {
+        "augmentation": "Succeeded", "tuning": "Succeeded", "training": "Succeeded",
+        "explanation": "Succeeded"}
     training = status["training"]
     assert training["testMetrics"]["test_accuracy"] >= 0.95
     assert status["findings"]["overfitting"]["verdict"] == "none"
-    # The two-process DDP gang ran, and the artifacts exist.
-    assert status["stages"]["training"]["phase"] == "Succeeded"
-    for key in ("model", "lossCurve", "report"):
+    # Augmentation doubled the training split, class by class.
+    augmentation = status["augmentation"]
+    assert all(augmentation["countsAfter"][c] == 2 * n
+               for c, n in augmentation["countsBefore"].items())
+    # The sweep ran its 6 trials; its best parameters trained the final model.
+    tuning = status["tuning"]
+    trials = tuning["trials"]
+    assert trials["total"] == 6 and trials["complete"] + trials["pruned"] == 6
+    assert set(tuning["best"]["params"]) == {"learningRate", "dropout"}
+    explanation = status["findings"]["explanation"]
+    assert explanation["method"] == "gradient"
+    assert explanation["completenessError"] < 0.05
+    assert len(explanation["topFeatures"]) == 10
+    assert explanation["topFeatures"][0]["feature"].startswith("c0_h")
+    for key in ("model", "lossCurve", "report", "shapBar", "shapHeatmap", "explanation"):
         assert Path(status["artifacts"][key]).exists(), key
+    report = Path(status["artifacts"]["report"]).read_text()
+    for heading in ("## Augmentation", "## Tuning", "## Explanation", "shap_heatmap.png"):
+        assert heading in report
     cost = status["findings"]["cost"]
     assert cost["total"] > 0 and cost["cpuHours"] > 0 and cost["currency"] == "USD"
     assert "training" in cost["byStage"]
@@ -72,6 +91,13 @@ def test_breast_cancer_cross_validates(tmp_path: Path) -> None:
     status = job["status"]
     assert status["phase"] == "Succeeded"
     assert status["stages"]["training"]["jobs"] == [f"fold-{i}" for i in range(5)] + ["train"]
+    assert status["augmentation"]["kind"] == "tabular"
+    before, after = status["augmentation"]["countsBefore"], status["augmentation"]["countsAfter"]
+    # SMOTE balanced the classes (the minority class grew more than the majority).
+    assert len(set(after.values())) == 1 and before["malignant"] < before["benign"]
+    assert status["tuning"]["trials"]["complete"] == 4
+    top = [f["feature"] for f in status["findings"]["explanation"]["topFeatures"]]
+    assert len(top) == 8 and all(isinstance(f, str) and f for f in top)
     cv = status["training"]["crossValidation"]
     assert cv["folds"] == 5 and len(cv["values"]) == 5
     assert 0.9 <= cv["mean"] <= 1.0 and 0 <= cv["std"] < 0.1

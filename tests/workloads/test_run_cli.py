@@ -127,20 +127,16 @@ def test_overfitting_action_stop_ends_training_and_keeps_the_best(
     assert status["findings"]["overfitting"]["verdict"] == "overfitting"
 
 
-def test_stages_not_available_yet_say_so(tmp_path: Path, write_manifest: Any) -> None:
-    manifest = base_manifest(
-        training={"epochs": 2},
-        tuning={"enabled": True, "searchSpace": {
-            "learningRate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}},
-    )
+def test_custom_script_mode_is_not_available_yet_and_says_so(tmp_path: Path,
+                                                           write_manifest: Any) -> None:
+    manifest = base_manifest(training={"epochs": 2, "command": ["python", "train.py"]})
     out = tmp_path / "out.yaml"
     proc = kubetrain("run", str(write_manifest(manifest)), "--storage", str(tmp_path / "s"),
                      "-o", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "tuning stage is modelled and validated but not available yet" in proc.stderr
+    assert "training.command (custom script mode) is not available yet" in proc.stderr
     status = yaml.safe_load(out.read_text())["status"]
-    assert status["stages"]["tuning"]["phase"] == "NotAvailable"
-    assert status["stages"]["training"]["phase"] == "Succeeded"
+    assert status["stages"]["training"]["phase"] == "NotAvailable"
 
 
 def test_output_to_stdout_is_the_resource_with_status(tmp_path: Path,

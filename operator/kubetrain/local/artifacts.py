@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ matplotlib.use("Agg")  # files only; no display on servers and in pods
 import matplotlib.pyplot as plt
 
 from ..api.resource import TrainingJob
+from ..api.status import TrainingJobStatus
 
 
 def plot_loss_curve(history: Sequence[Mapping[str, float]], best_epoch: int | None,
@@ -50,8 +52,61 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def write_report(job: TrainingJob, history: Sequence[Mapping[str, float]], path: Path) -> Path:
-    """A Markdown report: outcome, metrics, findings with evidence, cost, artifacts."""
+def _augmentation_section(status: TrainingJobStatus) -> list[str]:
+    aug = status.augmentation
+    if aug is None:
+        return []
+    classes = sorted(set(aug.counts_before) | set(aug.counts_after))
+    rows = [(c, aug.counts_before.get(c, 0), aug.counts_after.get(c, 0)) for c in classes]
+    return (["", "## Augmentation", "", f"Added {aug.added} {aug.kind} training examples "
+             "(training split only):", ""]
+            + [f"- {op}" for op in aug.operations] + [""]
+            + _table(rows, ["class", "before", "after"]))
+
+
+def _tuning_section(status: TrainingJobStatus, trials: Sequence[Mapping[str, Any]]) -> list[str]:
+    tuning = status.tuning
+    if tuning is None:
+        return []
+    counts = tuning.trials
+    lines = ["", "## Tuning", "",
+             f"{tuning.backend} sweep, sampler {tuning.sampler}, pruner {tuning.pruner}: "
+             f"{counts.complete} complete, {counts.pruned} pruned, {counts.failed} failed; "
+             f"{tuning.epochs_run} epochs trained, {tuning.epochs_saved_by_pruning} saved by "
+             "pruning."]
+    if tuning.best:
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in tuning.best.params.items())
+        lines += ["", f"**Best trial {tuning.best.trial}:** {_fmt(tuning.best.value)} with "
+                  f"{params} (used for the final training)"]
+    if tuning.importances:
+        lines += ["", "Parameter importances: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in tuning.importances.items())]
+    if trials:
+        names = sorted({k for t in trials for k in (t.get("params") or {})})
+        rows = [[t.get("number"), t.get("state"), _fmt(t.get("value")), t.get("epochs"),
+                 *(_fmt((t.get("params") or {}).get(n)) for n in names)] for t in trials]
+        lines += [""] + _table(rows, ["trial", "state", "value", "epochs", *names])
+    return lines
+
+
+def _explanation_section(status: TrainingJobStatus, report_dir: Path) -> list[str]:
+    explanation = status.findings.explanation
+    if explanation is None:
+        return []
+    error = explanation.completeness_error
+    lines = ["", "## Explanation", "", f"Method {explanation.method}; completeness error "
+             + (f"{error:.2%}" if error is not None else "unknown") + ".", ""]
+    lines += _table([(f.feature, f"{f.mean_abs_shap:.4g}") for f in explanation.top_features],
+                    ["feature", "mean |SHAP|"])
+    for key, path in status.artifacts.items():
+        if key.startswith("shap") and path.endswith(".png"):
+            lines += ["", f"![{key}]({os.path.relpath(path, report_dir)})"]
+    return lines
+
+
+def write_report(job: TrainingJob, history: Sequence[Mapping[str, float]], path: Path,
+                 trials: Sequence[Mapping[str, Any]] = ()) -> Path:
+    """A Markdown report: outcome, stages, metrics, findings with evidence, cost, artifacts."""
     status = job.status
     assert status is not None
     name = job.metadata.name
@@ -62,6 +117,8 @@ def write_report(job: TrainingJob, history: Sequence[Mapping[str, float]], path:
     lines += ["## Stages", ""]
     lines += _table([(n, s.phase, ", ".join(s.jobs), s.message) for n, s in status.stages.items()],
                     ["stage", "phase", "work units", "message"])
+    lines += _augmentation_section(status)
+    lines += _tuning_section(status, trials)
     training = status.training
     if training:
         lines += ["", "## Training", ""]
@@ -85,6 +142,7 @@ def write_report(job: TrainingJob, history: Sequence[Mapping[str, float]], path:
         lines += [f"- {e}" for e in over.evidence]
         if over.recommendations:
             lines += ["", "Recommendations:", ""] + [f"- {r}" for r in over.recommendations]
+    lines += _explanation_section(status, path.parent)
     cost = status.findings.cost
     if cost:
         lines += ["", "## Cost", "", f"Total: {cost.total:.6f} {cost.currency} "
@@ -93,6 +151,8 @@ def write_report(job: TrainingJob, history: Sequence[Mapping[str, float]], path:
                   f"{cost.after_best_epoch:.6f} {cost.currency}", ""]
         cost_rows = [(s, f"{c.seconds:.1f}", f"{c.cost:.6f}") for s, c in cost.by_stage.items()]
         lines += _table(cost_rows, ["stage", "seconds", f"cost ({cost.currency})"])
+        if cost.saved_by_pruning:
+            lines += ["", f"Saved by pruning: {cost.saved_by_pruning:.6f} {cost.currency}"]
         if cost.budget:
             lines += ["", f"Budget: {cost.budget.spent:.6f} of {cost.budget.max_cost} "
                       f"{'(exceeded)' if cost.budget.exceeded else ''}"]

@@ -316,7 +316,9 @@ class LocalExecutor:
         artifacts["report"] = str(self.storage / "report.md")
         artifacts["status"] = str(self.storage / "status.yaml")
         job = self._job_with_status()
-        write_report(job, history, self.storage / "report.md")
+        table = self.results.get("tune", {}).get("trials_table")
+        trials = json.loads(Path(table).read_text()) if table and Path(table).exists() else []
+        write_report(job, history, self.storage / "report.md", trials)
         (self.storage / "status.yaml").write_text(
             yaml.safe_dump(job.to_manifest(), sort_keys=False))
 
