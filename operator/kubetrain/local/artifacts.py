@@ -85,7 +85,7 @@ def _tuning_section(status: TrainingJobStatus, trials: Sequence[Mapping[str, Any
         names = sorted({k for t in trials for k in (t.get("params") or {})})
         rows = [[t.get("number"), t.get("state"), _fmt(t.get("value")), t.get("epochs"),
                  *(_fmt((t.get("params") or {}).get(n)) for n in names)] for t in trials]
-        lines += [""] + _table(rows, ["trial", "state", "value", "epochs", *names])
+        lines += ["", *_table(rows, ["trial", "state", "value", "epochs", *names])]
     return lines
 
 
