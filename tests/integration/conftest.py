@@ -46,6 +46,32 @@ def _version() -> str:
 WORKER_IMAGE = f"kubetrain-worker:{_version()}"
 
 
+def _check_worker_image() -> None:
+    """Skip (with the command to fix it) when the cluster lacks the worker image."""
+    name = f"kubetrain-image-check-{uuid.uuid4().hex[:6]}"
+    kubectl("run", name, "-n", "default", f"--image={WORKER_IMAGE}", "--restart=Never",
+            "--image-pull-policy=Never", "--command", "--", "python", "-c", "import kubetrain")
+    try:
+        def state() -> str | None:
+            pod = get_json("pod", name, "-n", "default")
+            phase = pod["status"].get("phase")
+            if phase in ("Succeeded", "Failed"):
+                return str(phase)
+            for container in pod["status"].get("containerStatuses") or []:
+                waiting = (container.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") in ("ErrImageNeverPull", "ErrImagePull",
+                                             "InvalidImageName"):
+                    return str(waiting["reason"])
+            return None
+
+        outcome = wait_for(state, 180, "the worker image check pod")
+    finally:
+        kubectl("delete", "pod", name, "-n", "default", "--wait=false", check=False)
+    if outcome != "Succeeded":
+        pytest.skip(f"the cluster has no usable {WORKER_IMAGE} ({outcome}): run "
+                    "hack/build-images.sh worker")
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[dict[str, str]]:
     env = _cluster_env()
@@ -57,6 +83,7 @@ def cluster() -> Iterator[dict[str, str]]:
         pytest.skip(f"Kubernetes API not reachable: {probe.stderr.strip()[:200]}")
     os.environ["KUBECONFIG"] = env["KUBECONFIG"]
     os.environ["PATH"] = env["PATH"]
+    _check_worker_image()
     subprocess.run(["kubectl", "apply", "-f", str(REPO / "crds")], check=True,
                    capture_output=True, env=env)
     subprocess.run(["kubectl", "wait", "--for=condition=Established", "--timeout=60s",

@@ -202,7 +202,8 @@ def _is_active(body: kopf.Body, **_: Any) -> bool:
 @kopf.on.create(GROUP, VERSION, PLURAL, retries=5, backoff=5, timeout=120)
 @kopf.on.resume(GROUP, VERSION, PLURAL, retries=5, backoff=5, timeout=120)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", retries=5, backoff=5, timeout=120)
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, idle=None, when=_is_active,
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS,
+            idle=None, when=_is_active,
             retries=3, backoff=5, timeout=120)
 def reconcile_handler(body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str,
                       **_: Any) -> None:

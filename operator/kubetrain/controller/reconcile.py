@@ -182,6 +182,9 @@ class _Reconciler:
         unit_status.start_time = unit_status.start_time or self.at
         succeeded = [p for p in live if p.phase == "Succeeded"]
         failed = [p for p in live if p.phase == "Failed"]
+        progress = self.observed.progress.get(unit.name) or {}
+        if unit.stage == "tuning" and progress.get("event") == "trial":
+            st.apply_trial_event(self.status, self.spec, progress)
         if succeeded:
             self._unit_succeeded(unit, unit_status, succeeded[0], pods)
             return "done"
@@ -242,6 +245,8 @@ class _Reconciler:
             st.apply_training_result(self.status, result)
         elif unit.name == "augment-merge":
             st.apply_augmentation_result(self.status, result)
+        elif unit.name == "tune":
+            st.apply_tuning_result(self.status, self.spec, result)
         elif unit.name == "explain":
             st.apply_explanation_result(self.status, result)
         if unit.stage == "training":
