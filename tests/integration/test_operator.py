@@ -145,17 +145,17 @@ def test_operator_killed_three_times_job_still_succeeds(namespace: str) -> None:
             time.sleep(2)
             proc = _start_operator(namespace)
         status = wait_phase(namespace, "survivor", ("Succeeded", "Failed"), timeout=600)
+        for pod in _pods(namespace):
+            name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
+            if seen_uids.get(name) != uid:
+                seen_uids[name] = uid
+                created[name] += 1
     finally:
         kubectl("delete", "tj", "survivor", "-n", namespace, "--wait=false", check=False)
         time.sleep(3)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert status["phase"] == "Succeeded", json.dumps(status)[:2000]
-    for pod in _pods(namespace):
-        name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
-        if seen_uids.get(name) != uid:
-            seen_uids[name] = uid
-            created[name] += 1
     # Every pod was created exactly once: no duplicates, no stage rerun from scratch.
     assert created and all(count == 1 for count in created.values()), created
     assert set(created) == {"survivor-fold-0-0", "survivor-fold-1-0", "survivor-train-0"}
