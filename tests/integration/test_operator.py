@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from conftest import (
+from k8s import (
     REPO,
     apply_job,
     get_json,

@@ -643,12 +643,71 @@ def test_tuned_params_reach_the_final_training() -> None:
     # The tune unit succeeded and reported its best trial.
     st.apply_tuning_result(job.status, job.spec, {
         "best": {"trial": 4, "params": {"learningRate": 0.02}, "value": 0.1}})
-    job.status.stages["tuning"].units["tune"].phase = "Succeeded"
-    decision = step(job, Observed(config_maps={"mnist-job"}, jobs={"mnist-tune"}))
+    job.status.stages["tuning"].phase = "Succeeded"
+    decision = step(job, Observed(config_maps={"mnist-job"}))
     pods = [o for o in decision.create if o["kind"] == "Pod"]
     assert [p["metadata"]["name"] for p in pods] == GANG
     command = pods[0]["spec"]["containers"][0]["command"]
     assert command[command.index("--params") + 1] == '{"learningRate": 0.02}'
+
+
+def _trial(index: int, phase: str, state: str | None = None) -> PodView:
+    message = json.dumps({"trial": index, "state": state, "value": 0.1 * (index + 1),
+                          "epochs_run": 3}) if state else None
+    return PodView(name=f"mnist-trial-{index}", unit=f"trial-{index}", stage="tuning", rank=0,
+                   role="trial", phase=phase, message=message,
+                   exit_code=0 if phase == "Succeeded" else (1 if phase == "Failed" else None),
+                   started=NOW - timedelta(seconds=30),
+                   finished=NOW if phase in ("Succeeded", "Failed") else None)
+
+
+def test_tuning_runs_a_study_server_trial_pods_and_a_summary() -> None:
+    job = make_job(tuning={"enabled": True, "trials": 3, "parallelism": 2, "searchSpace": {
+        "learningRate": {"type": "float", "low": 0.0001, "high": 0.1, "log": True}}})
+    decision = step(job, Observed())
+    created = {(o["kind"], o["metadata"]["name"]) for o in decision.create}
+    # The server (which creates the study once) and its Service, then `parallelism` trials.
+    assert {("Pod", "mnist-study"), ("Service", "mnist-study"), ("Pod", "mnist-trial-0"),
+            ("Pod", "mnist-trial-1")} <= created
+    assert ("Pod", "mnist-trial-2") not in created
+    trial = next(o for o in decision.create if o["metadata"]["name"] == "mnist-trial-1")
+    command = trial["spec"]["containers"][0]["command"]
+    assert command[command.index("--study-server") + 1] == "mnist-study:13000"
+    assert command[command.index("--sampler-seed") + 1] == "1"
+    server = next(o for o in decision.create if o["metadata"]["name"] == "mnist-study")
+    assert server["spec"]["restartPolicy"] == "Always"
+    base = Observed(config_maps={"mnist-job"}, services={"mnist-study"},
+                    pods=[pod("mnist-study", unit="study", stage="tuning", rank=0)])
+    # Trial 0 completes, trial 1's pod dies: one more trial starts, the sweep goes on.
+    observed = Observed(config_maps=base.config_maps, services=base.services,
+                        pods=[*base.pods, _trial(0, "Succeeded", "complete"),
+                              _trial(1, "Failed")])
+    decision = step(job, observed)
+    assert [o["metadata"]["name"] for o in decision.create] == ["mnist-trial-2"]
+    assert ("Warning", "TrialFailed") in {(e[0], e[1]) for e in decision.events}
+    assert job.status is not None and job.status.tuning is not None
+    counts = job.status.tuning.trials
+    assert (counts.complete, counts.failed, counts.running) == (1, 1, 1)
+    # The last trial is pruned: every trial finished, so the summary Job runs.
+    observed.pods.append(_trial(2, "Succeeded", "pruned"))
+    decision = step(job, observed)
+    assert [o["metadata"]["name"] for o in decision.create] == ["mnist-tune-summary"]
+    counts = job.status.tuning.trials
+    assert (counts.complete, counts.pruned, counts.failed) == (1, 1, 1)
+    summary = PodView(name="mnist-tune-summary-x", unit="tune-summary", stage="tuning", rank=0,
+                      role="worker", phase="Succeeded", exit_code=0, message=json.dumps({
+                          "best": {"trial": 0, "params": {"learningRate": 0.01}, "value": 0.1},
+                          "trials": {"total": 3, "complete": 1, "pruned": 1, "failed": 1},
+                          "epochs_run": 7}), started=NOW, finished=NOW)
+    observed.pods.append(summary)
+    observed.jobs.add("mnist-tune-summary")
+    decision = step(job, observed)
+    assert job.status.stages["tuning"].phase == "Succeeded"
+    assert job.status.tuning.best is not None and job.status.tuning.best.trial == 0
+    assert ("Pod", "mnist-study") in decision.delete
+    gang = [o for o in decision.create if o["kind"] == "Pod"]
+    train_command = gang[0]["spec"]["containers"][0]["command"]
+    assert train_command[train_command.index("--params") + 1] == '{"learningRate": 0.01}'
 
 
 # ----- names -----------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import base_manifest
 from kubetrain.api import load_training_job
 from kubetrain.api.spec import DatasetSpec, ImageAugmentationSpec
 from kubetrain.augment import AugmentationError, image, mix, tabular
@@ -24,6 +23,7 @@ from kubetrain.data import kfold_splits, load_dataset, split_dataset
 from kubetrain.workloads import augment as unit
 from kubetrain.workloads import train as train_unit
 from kubetrain.workloads.report import parse_event
+from support import base_manifest
 
 SCARCE_DIGITS = {"builtin": "digits", "fraction": 0.1, "seed": 0}
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import EXAMPLES, kubetrain
 from kubetrain.api import load_training_job
+from support import EXAMPLES, kubetrain
 
 
 def _run_example(name: str, tmp_path: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import base_manifest, kubetrain
+from support import base_manifest, kubetrain
 
 
 def test_bad_manifest_is_refused_before_anything_starts(tmp_path: Path,

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import base_manifest
 from kubetrain.workloads.report import MAX_RESULT_BYTES, parse_event
+from support import base_manifest
 
 
 def _start_unit(job: Path, storage: Path, *extra: str, nproc: int = 1) -> subprocess.Popen[str]:

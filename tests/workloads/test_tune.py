@@ -15,7 +15,6 @@ from typing import Any
 
 import optuna
 import pytest
-from conftest import base_manifest
 from kubetrain.api.spec import TrainingJobSpec
 from kubetrain.pipeline.params import apply_params
 from kubetrain.tuning import space as sp
@@ -23,6 +22,7 @@ from kubetrain.tuning import study as st
 from kubetrain.workloads.report import MAX_RESULT_BYTES, parse_event
 from kubetrain.workloads.tune import target_trials
 from pydantic import ValidationError
+from support import base_manifest
 
 SPACE = {"learningRate": {"type": "float", "low": 1e-4, "high": 0.05, "log": True}}
 # Clearly bad values at the low end: 1e-6 barely moves the weights in a few epochs.

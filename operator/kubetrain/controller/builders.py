@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ..api.quantity import parse_cpu, parse_memory_gib
 from ..api.resource import API_VERSION, KIND, TrainingJob
 from ..pipeline.plan import WorkUnit
 
@@ -254,3 +255,81 @@ def gang_services(job: TrainingJob, unit: WorkUnit) -> list[dict[str, Any]]:
 
 def params_args(params: dict[str, Any] | None) -> list[str]:
     return ["--params", json.dumps(params)] if params else []
+
+
+# ----- the tuning stage: a study server, trial pods, a summary Job ------------------------------
+
+STUDY_UNIT = "study"
+SUMMARY_UNIT = "tune-summary"
+
+
+def study_address(job: TrainingJob) -> str:
+    return f"{child_name(job.metadata.name, STUDY_UNIT)}:{STUDY_PORT}"
+
+
+def _tuning_unit(job: TrainingJob, name: str, module: str, args: tuple[str, ...],
+                 cpu: float, memory_gib: float, gpus: int = 0) -> WorkUnit:
+    return WorkUnit(name=name, stage="tuning", module=module, args=args, cpu=cpu,
+                    memory_gib=memory_gib, gpus_per_node=gpus)
+
+
+def tuning_work_unit(job: TrainingJob, name: str) -> WorkUnit | None:
+    """The work unit behind a tuning child on Kubernetes: study, trial-N or tune-summary."""
+    if name == STUDY_UNIT:
+        return _tuning_unit(job, STUDY_UNIT, "kubetrain.tuning.serve",
+                            ("--port", str(STUDY_PORT)), cpu=0.25, memory_gib=0.5)
+    if name == SUMMARY_UNIT:
+        return _tuning_unit(job, SUMMARY_UNIT, "kubetrain.workloads.tune",
+                            ("--summarize", "--study-server", study_address(job)),
+                            cpu=0.25, memory_gib=0.5)
+    if name.startswith("trial-") and name[len("trial-"):].isdigit():
+        index = int(name[len("trial-"):])
+        res = job.spec.training.resources
+        return _tuning_unit(
+            job, name, "kubetrain.workloads.trial",
+            ("--study", job.metadata.name, "--study-server", study_address(job),
+             # Pods that start together must not draw the same random points.
+             "--sampler-seed", str(job.spec.dataset.seed * 1000 + index)),
+            cpu=parse_cpu(res.cpu), memory_gib=parse_memory_gib(res.memory),
+            gpus=min(res.gpus_per_node, 1))
+    return None
+
+
+def study_server(job: TrainingJob, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """The pod that serves the study (Optuna's gRPC proxy over the journal) and its Service.
+
+    The server creates the study before serving, so trial pods never race to create it; it
+    restarts in place if it dies, and replays the journal: the study outlives every pod.
+    """
+    unit = tuning_work_unit(job, STUDY_UNIT)
+    assert unit is not None
+    name = child_name(job.metadata.name, STUDY_UNIT)
+    lab = labels(job, unit, **{LABEL_ROLE: "study-server"})
+    spec = pod_spec(job, unit, settings, unit_command(unit, storage_dir(job, settings), []))
+    spec["restartPolicy"] = "Always"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": _metadata(job, name, lab),
+           "spec": spec}
+    service = {"apiVersion": "v1", "kind": "Service",
+               "metadata": _metadata(job, name, labels(job, unit)),
+               "spec": {"selector": {LABEL_JOB: job.metadata.name,
+                                     LABEL_ROLE: "study-server"},
+                        "ports": [{"name": "grpc", "port": STUDY_PORT}]}}
+    return [pod, service]
+
+
+def trial_pod(job: TrainingJob, settings: OperatorSettings, index: int) -> dict[str, Any]:
+    """One trial in its own pod, with the training stage's requests (one process)."""
+    unit = tuning_work_unit(job, f"trial-{index}")
+    assert unit is not None
+    name = child_name(job.metadata.name, unit.name)
+    lab = labels(job, unit, **{LABEL_ROLE: "trial"})
+    spec = pod_spec(job, unit, settings, unit_command(unit, storage_dir(job, settings), []))
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": _metadata(job, name, lab),
+            "spec": spec}
+
+
+def tuning_summary_job(job: TrainingJob, settings: OperatorSettings) -> dict[str, Any]:
+    """After the last trial: fail trials whose pods died, and report the sweep's summary."""
+    unit = tuning_work_unit(job, SUMMARY_UNIT)
+    assert unit is not None
+    return batch_job(job, unit, settings)

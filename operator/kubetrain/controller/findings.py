@@ -9,6 +9,7 @@ from ..api.status import OverfittingFinding, TrainingJobStatus
 from ..findings.cost import Usage, summarize_cost
 from ..pipeline import status as st
 from ..pipeline.plan import plan
+from .builders import tuning_work_unit
 
 
 def finish_findings(job: TrainingJob, status: TrainingJobStatus, now: datetime) -> None:
@@ -28,7 +29,7 @@ def finish_findings(job: TrainingJob, status: TrainingJobStatus, now: datetime) 
     usages = []
     for stage_status in status.stages.values():
         for name, unit_status in stage_status.units.items():
-            unit = units.get(name)
+            unit = units.get(name) or tuning_work_unit(job, name)
             if unit is None or not unit_status.seconds:
                 continue
             usages.append(Usage(stage=unit.stage, seconds=unit_status.seconds, nodes=1,

@@ -152,6 +152,8 @@ class _Reconciler:
 
     def _run_stage(self, stage: Stage, stage_status: StageStatus) -> str:
         """Advance a stage's units in order: 'done', 'running' or 'failed'."""
+        if stage.name == "tuning" and self.spec.tuning.backend == "optuna":
+            return self._run_tuning(stage, stage_status)
         for unit in stage.units:
             unit_status = self.unit_status(stage_status, unit)
             if unit_status.phase == "Succeeded":
@@ -160,6 +162,79 @@ class _Reconciler:
             if outcome != "done":
                 return outcome
         return "done"
+
+    def _run_tuning(self, stage: Stage, stage_status: StageStatus) -> str:
+        """A study server, up to `parallelism` trial pods until `trials` finished, a summary.
+
+        A trial pod that fails counts as a failed trial and the sweep goes on; the summary
+        step marks the study's trials that lost their pods as failed.
+        """
+        for obj in b.study_server(self.job, self.settings):
+            self.ensure(obj)
+        trial_pods = {p.unit: p for p in self.observed.pods
+                      if p.role == "trial" and not p.deleting}
+        for name, pod in trial_pods.items():
+            unit_status = stage_status.units.setdefault(name, UnitStatus())
+            if unit_status.phase in ("Succeeded", "Failed"):
+                continue
+            unit_status.start_time = unit_status.start_time or self.at
+            unit_status.phase = "Running"
+            if pod.done:
+                result = pod.result or {}
+                unit_status.phase = "Succeeded" if pod.phase == "Succeeded" else "Failed"
+                unit_status.completion_time = self.at
+                unit_status.seconds = _pod_seconds([pod], self.now)
+                unit_status.result = _compact(result) if result else {
+                    "state": "failed", "exit_code": pod.exit_code, "reason": pod.reason}
+                if pod.phase == "Failed":
+                    self.event("Warning", "TrialFailed",
+                               f"trial pod {pod.name} failed (exit code {pod.exit_code}, "
+                               f"{pod.reason}); the sweep goes on")
+        trials = {n: u for n, u in stage_status.units.items() if n.startswith("trial-")}
+        finished = [u for u in trials.values() if u.phase in ("Succeeded", "Failed")]
+        running = [n for n, u in trials.items() if u.phase == "Running"]
+        target = self.spec.tuning.trials
+        if len(finished) < target:
+            index = 0
+            while len(running) < self.spec.tuning.parallelism and len(trials) < target:
+                while f"trial-{index}" in trials:
+                    index += 1
+                self.ensure(b.trial_pod(self.job, self.settings, index))
+                trials[f"trial-{index}"] = stage_status.units.setdefault(
+                    f"trial-{index}", UnitStatus(phase="Running", start_time=self.at))
+                running.append(f"trial-{index}")
+            self._trial_counts(trials)
+            return "running"
+        self._trial_counts(trials)
+        summary = b.tuning_work_unit(self.job, b.SUMMARY_UNIT)
+        assert summary is not None
+        unit_status = self.unit_status(stage_status, summary)
+        self.ensure(b.tuning_summary_job(self.job, self.settings))
+        unit_status.phase = "Running"
+        pods = [p for p in self.observed.unit_pods(b.SUMMARY_UNIT) if not p.deleting]
+        done = [p for p in pods if p.phase == "Succeeded"]
+        if done:
+            self._unit_succeeded(summary, unit_status, done[0], pods)
+            # The sweep is over: the study server has served its purpose.
+            self.decision.delete.append(("Pod", b.child_name(self.job.metadata.name,
+                                                             b.STUDY_UNIT)))
+            return "done"
+        if len([p for p in pods if p.phase == "Failed"]) > self.spec.run_policy.backoff_limit:
+            self._unit_failed(stage, summary, unit_status, pods[-1])
+            return "failed"
+        return "running"
+
+    def _trial_counts(self, trials: dict[str, UnitStatus]) -> None:
+        """Live trial counts in status.tuning from the trial pods' outcomes."""
+        counts = {"total": self.spec.tuning.trials, "running": 0, "complete": 0, "pruned": 0,
+                  "failed": 0}
+        for unit_status in trials.values():
+            if unit_status.phase == "Running":
+                counts["running"] += 1
+            elif unit_status.phase in ("Succeeded", "Failed"):
+                state = str(unit_status.result.get("state", "failed"))
+                counts[state if state in ("complete", "pruned") else "failed"] += 1
+        st.apply_trial_event(self.status, self.spec, {"counts": counts})
 
     def _unit_objects(self, unit: WorkUnit) -> list[dict[str, Any]]:
         extra: list[str] = []
@@ -245,7 +320,7 @@ class _Reconciler:
             st.apply_training_result(self.status, result)
         elif unit.name == "augment-merge":
             st.apply_augmentation_result(self.status, result)
-        elif unit.name == "tune":
+        elif unit.name in ("tune", b.SUMMARY_UNIT):
             st.apply_tuning_result(self.status, self.spec, result)
         elif unit.name == "explain":
             st.apply_explanation_result(self.status, result)

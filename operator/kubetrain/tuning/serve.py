@@ -17,8 +17,9 @@ from types import FrameType
 
 import optuna
 
+from ..api import load_training_job
 from ..workloads.report import Reporter
-from .study import journal_path, open_storage
+from .study import create_study_once, journal_path, open_storage
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,6 +30,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=13000, help="port to listen on")
     parser.add_argument("--host", default="0.0.0.0",
                         help="address to listen on (0.0.0.0: reachable through a Service)")
+    parser.add_argument("--job", type=Path, default=None,
+                        help="TrainingJob manifest: create its study before serving, so that "
+                             "trial pods starting together never race to create it")
+    parser.add_argument("--study", default=None, help="study name (default: the job's name)")
+    for ignored in ("--base-dir", "--data-root"):  # given to every unit; unused here
+        parser.add_argument(ignored, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -40,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(args.storage)
+    if args.job is not None:
+        job = load_training_job(args.job)
+        create_study_once(storage, args.study or job.metadata.name, job.spec)
     # Pod deletion sends SIGTERM: leave the wait cleanly (the journal is append-only, so a
     # request cut short leaves at most an unfinished trial, which the driver fails).
     signal.signal(signal.SIGTERM, _stop)

@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder that relative dataset URIs are resolved against")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="where pvc://claim/path dataset URIs are mounted")
+    parser.add_argument("--study-server", default=None, metavar="HOST:PORT",
+                        help="reach the study through a study server (with --summarize)")
+    parser.add_argument("--summarize", action="store_true",
+                        help="run no trials: fail trials left running by dead trial pods and "
+                             "report the sweep's summary (the operator's last tuning step)")
     return parser.parse_args(argv)
 
 
@@ -319,8 +324,19 @@ def main(argv: list[str] | None = None) -> int:
     name = job.metadata.name
     reporter = Reporter(args.result or default_result_path()
                         or args.storage / UNIT / "result.json")
-    storage = open_storage(args.storage, url=spec.tuning.storage)
+    storage = open_storage(args.storage, study_server=args.study_server,
+                           url=spec.tuning.storage)
     study = create_study_once(storage, name, spec)
+    if args.summarize:
+        # Every trial pod has finished: a trial still RUNNING lost its pod.
+        failed = fail_orphaned_trials(study, alive_numbers=())
+        result = summary(study, spec, name, args.storage, "succeeded", started)
+        result["orphaned_failed"] = failed
+        if result["best"] is None:
+            result["status"] = "failed"
+            result["message"] = "no trial completed; see the trial pods' logs"
+        reporter.result(result)
+        return 0 if result["status"] == "succeeded" else 1
     # Nothing runs yet: a trial still RUNNING belongs to a run that was killed.
     orphaned = fail_orphaned_trials(study, alive_numbers=())
     reporter.event("start", unit=UNIT, backend=spec.tuning.backend, study=name,

@@ -1,0 +1,212 @@
+"""Helpers and fixtures for the operator tests against a real Kubernetes API server.
+
+Cluster: $KUBECONFIG, else the machine's local cluster (/var/lib/localk8s/env, as started by
+hack/local-cluster.sh or ../shared/localk8s/up.sh). Worker image: built and loaded by
+hack/build-images.sh. Without either, these tests are skipped with the reason; `.ci/run`
+starts the cluster and builds the images so that CI runs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL_ENV = Path("/var/lib/localk8s/env")
+HOST_STORAGE = Path("/var/lib/kubetrain-test")
+
+
+def _cluster_env() -> dict[str, str] | None:
+    env = dict(os.environ)
+    if not env.get("KUBECONFIG") and LOCAL_ENV.exists():
+        for line in LOCAL_ENV.read_text().splitlines():
+            if line.startswith("export "):
+                key, _, value = line[len("export "):].partition("=")
+                env[key] = value.replace("$PATH", env.get("PATH", ""))
+    if not env.get("KUBECONFIG") or not shutil.which("kubectl", path=env.get("PATH")):
+        return None
+    return env
+
+
+def _version() -> str:
+    text = (REPO / "pyproject.toml").read_text()
+    return next(line.split('"')[1] for line in text.splitlines() if line.startswith("version"))
+
+
+WORKER_IMAGE = f"kubetrain-worker:{_version()}"
+
+
+def _check_worker_image() -> None:
+    """Skip (with the command to fix it) when the cluster lacks the worker image."""
+    name = f"kubetrain-image-check-{uuid.uuid4().hex[:6]}"
+    kubectl("run", name, "-n", "default", f"--image={WORKER_IMAGE}", "--restart=Never",
+            "--image-pull-policy=Never", "--command", "--", "python", "-c", "import kubetrain")
+    try:
+        def state() -> str | None:
+            pod = get_json("pod", name, "-n", "default")
+            phase = pod["status"].get("phase")
+            if phase in ("Succeeded", "Failed"):
+                return str(phase)
+            for container in pod["status"].get("containerStatuses") or []:
+                waiting = (container.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") in ("ErrImageNeverPull", "ErrImagePull",
+                                             "InvalidImageName"):
+                    return str(waiting["reason"])
+            return None
+
+        outcome = wait_for(state, 180, "the worker image check pod")
+    finally:
+        kubectl("delete", "pod", name, "-n", "default", "--wait=false", check=False)
+    if outcome != "Succeeded":
+        pytest.skip(f"the cluster has no usable {WORKER_IMAGE} ({outcome}): run "
+                    "hack/build-images.sh worker")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[dict[str, str]]:
+    env = _cluster_env()
+    if env is None:
+        pytest.skip("no Kubernetes cluster: set KUBECONFIG or run hack/local-cluster.sh up")
+    probe = subprocess.run(["kubectl", "get", "--raw", "/readyz"], env=env,
+                           capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"Kubernetes API not reachable: {probe.stderr.strip()[:200]}")
+    os.environ["KUBECONFIG"] = env["KUBECONFIG"]
+    os.environ["PATH"] = env["PATH"]
+    _check_worker_image()
+    subprocess.run(["kubectl", "apply", "-f", str(REPO / "crds")], check=True,
+                   capture_output=True, env=env)
+    subprocess.run(["kubectl", "wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/trainingjobs.kubetrain.io"], check=True, capture_output=True, env=env)
+    yield env
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True,
+                          check=check, timeout=timeout)
+
+
+def get_json(*args: str) -> Any:
+    return yaml.safe_load(kubectl("get", *args, "-o", "json").stdout)
+
+
+@pytest.fixture
+def namespace(cluster: dict[str, str]) -> Iterator[str]:
+    """A namespace with a PVC `kubetrain-data` on a hostPath volume, removed afterwards."""
+    name = f"kt-{uuid.uuid4().hex[:8]}"
+    host = HOST_STORAGE / name
+    host.mkdir(parents=True, exist_ok=True)
+    host.chmod(0o777)  # pods run as uid 1000; a hostPath volume ignores fsGroup
+    kubectl("create", "namespace", name)
+    volume = {
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": f"{name}-data", "labels": {"kubetrain-test": name}},
+        "spec": {"capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteMany"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                 "hostPath": {"path": str(host), "type": "Directory"}},
+    }
+    claim = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "kubetrain-data", "namespace": name},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
+                 "volumeName": f"{name}-data", "resources": {"requests": {"storage": "5Gi"}}},
+    }
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all([volume, claim]))
+    yield name
+    # TrainingJobs first, while an operator may still clear finalizers; then strip any left.
+    kubectl("delete", "trainingjobs", "--all", "-n", name, "--wait=false", check=False)
+    for job in get_json("trainingjobs", "-n", name).get("items", []):
+        kubectl("patch", "trainingjob", job["metadata"]["name"], "-n", name, "--type=merge",
+                "-p", '{"metadata":{"finalizers":[]}}', check=False)
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+    kubectl("delete", "pv", f"{name}-data", "--wait=false", check=False)
+    shutil.rmtree(host, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def operator_env(namespace: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in ("KUBETRAIN_WORKER_IMAGE", "KUBETRAIN_DEFAULT_PVC",
+                                            "KUBETRAIN_IMAGE_PULL_POLICY",
+                                            "KUBETRAIN_TIMER_SECONDS",
+                                            "KUBETRAIN_DEV_SOURCE")}
+    os.environ.update({"KUBETRAIN_WORKER_IMAGE": WORKER_IMAGE,
+                       "KUBETRAIN_DEFAULT_PVC": "kubetrain-data",
+                       "KUBETRAIN_IMAGE_PULL_POLICY": "Never",
+                       # The code under test, mounted over the image's copy (one-node cluster).
+                       "KUBETRAIN_DEV_SOURCE": str(REPO / "operator"),
+                       "KUBETRAIN_TIMER_SECONDS": "3"})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def operator(namespace: str) -> Iterator[Any]:
+    """The operator in-process (kopf's KopfRunner), watching only the test's namespace."""
+    from kopf.testing import KopfRunner
+
+    with operator_env(namespace), KopfRunner(
+        ["run", "--standalone", "-n", namespace, "-m", "kubetrain.controller.handlers"],
+    ) as runner:
+        yield runner
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+             interval: float = 2.0) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def apply_job(namespace: str, manifest: dict[str, Any]) -> None:
+    manifest = {**manifest, "metadata": {**manifest["metadata"], "namespace": namespace}}
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+
+def job_status(namespace: str, name: str) -> dict[str, Any]:
+    result = kubectl("get", "trainingjob", name, "-n", namespace, "-o", "json", check=False)
+    if result.returncode != 0:
+        return {}
+    status: dict[str, Any] = yaml.safe_load(result.stdout).get("status") or {}
+    return status
+
+
+def wait_phase(namespace: str, name: str, phases: tuple[str, ...], timeout: float) -> dict[
+        str, Any]:
+    status: dict[str, Any] = wait_for(
+        lambda: (s := job_status(namespace, name)).get("phase") in phases and s,
+        timeout, f"{name} to reach {phases}")
+    return status
+
+
+def small_job(name: str, **spec: Any) -> dict[str, Any]:
+    """A small digits job that trains in well under a minute on 2 cores."""
+    body: dict[str, Any] = {
+        "dataset": {"builtin": "digits"},
+        "model": {"builtin": "mlp", "params": {"hiddenUnits": [64]}},
+        "training": {"epochs": 6, "batchSize": 64, "learningRate": 0.003,
+                     "resources": {"cpu": "500m", "memory": "1Gi"}},
+    }
+    body.update(spec)
+    return {"apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": name}, "spec": body}
