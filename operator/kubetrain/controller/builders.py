@@ -290,7 +290,9 @@ def tuning_work_unit(job: TrainingJob, name: str) -> WorkUnit | None:
             ("--study", job.metadata.name, "--study-server", study_address(job),
              # Pods that start together must not draw the same random points.
              "--sampler-seed", str(job.spec.dataset.seed * 1000 + index)),
-            cpu=parse_cpu(res.cpu), memory_gib=parse_memory_gib(res.memory),
+            # A trial is one training process: its share of a node's requests.
+            cpu=max(0.1, parse_cpu(res.cpu) / res.workers_per_node),
+            memory_gib=max(0.25, parse_memory_gib(res.memory) / res.workers_per_node),
             gpus=min(res.gpus_per_node, 1))
     return None
 
