@@ -79,11 +79,12 @@ def _training_units(spec: TrainingJobSpec) -> tuple[WorkUnit, ...]:
 
 def _single_node_unit(spec: TrainingJobSpec, name: str, stage: str, module: str,
                       *args: str) -> WorkUnit:
-    """A one-process work unit with the training stage's requests (and at most one GPU)."""
+    """A one-process work unit: one training worker's share of a node (at most one GPU)."""
     res = spec.training.resources
     return WorkUnit(name=name, stage=stage, module=module, args=args,
-                    gpus_per_node=min(res.gpus_per_node, 1), cpu=parse_cpu(res.cpu),
-                    memory_gib=parse_memory_gib(res.memory))
+                    gpus_per_node=min(res.gpus_per_node, 1),
+                    cpu=max(0.1, parse_cpu(res.cpu) / res.workers_per_node),
+                    memory_gib=max(0.25, parse_memory_gib(res.memory) / res.workers_per_node))
 
 
 def _augmentation_units(spec: TrainingJobSpec) -> tuple[WorkUnit, ...]:
