@@ -28,6 +28,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: lint typecheck  ## everything CI runs
+	@# The operator tests need a real cluster: without KUBECONFIG, start (or find) the
+	@# project's own one. If it cannot start, those tests skip and say why.
+	@if [ -z "$$KUBECONFIG" ]; then bash hack/local-cluster.sh up >/tmp/kubetrain-cluster.log 2>&1 \
+	  || echo "no local cluster (see /tmp/kubetrain-cluster.log): the cluster tests will skip"; fi
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)

@@ -27,9 +27,14 @@ HOST_STORAGE = Path("/var/lib/kubetrain-test")
 
 
 def _cluster_env() -> dict[str, str] | None:
+    """KUBECONFIG as given, else the cluster hack/local-cluster.sh started (or found)."""
     env = dict(os.environ)
-    if not env.get("KUBECONFIG") and LOCAL_ENV.exists():
-        for line in LOCAL_ENV.read_text().splitlines():
+    if not env.get("KUBECONFIG"):
+        found = subprocess.run(["bash", str(REPO / "hack" / "local-cluster.sh"), "env"],
+                               capture_output=True, text=True)
+        exports = found.stdout if found.returncode == 0 else (
+            LOCAL_ENV.read_text() if LOCAL_ENV.exists() else "")
+        for line in exports.splitlines():
             if line.startswith("export "):
                 key, _, value = line[len("export "):].partition("=")
                 env[key] = value.replace("$PATH", env.get("PATH", ""))
