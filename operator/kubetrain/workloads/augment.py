@@ -26,15 +26,14 @@ from ..api.spec import ImageAugmentationSpec, TabularAugmentationSpec, TrainingJ
 from ..augment import AugmentationError, check_augmentation
 from ..augment import store as st
 from ..data import Dataset, DatasetError, load_dataset, split_dataset
+from .args import add_common_arguments
 from .report import Reporter, default_result_path, write_json_atomic
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m kubetrain.workloads.augment",
                                      description="kubetrain augmentation work unit")
-    parser.add_argument("--job", required=True, type=Path, help="TrainingJob manifest (YAML)")
-    parser.add_argument("--storage", required=True, type=Path,
-                        help="the job's storage directory (shared by all work units)")
+    add_common_arguments(parser)
     parser.add_argument("--shard", type=int, default=0, help="this unit's shard (0-based)")
     parser.add_argument("--shards", type=int, default=None,
                         help="number of shards (default: augmentation.shards)")
@@ -42,13 +41,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="check that every shard's part exists and write the manifest")
     parser.add_argument("--unit", default=None,
                         help="work unit name (default augment-<shard>, or augment-merge)")
-    parser.add_argument("--result", type=Path, default=None,
-                        help="result file (default: /dev/termination-log in a pod, else "
-                             "<storage>/<unit>/result.json)")
-    parser.add_argument("--base-dir", type=Path, default=Path.cwd(),
-                        help="folder that relative dataset URIs are resolved against")
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="where pvc://claim/path dataset URIs are mounted")
     return parser.parse_args(argv)
 
 

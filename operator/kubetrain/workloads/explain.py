@@ -30,6 +30,7 @@ from ..explain import (
     summarize,
     write_outputs,
 )
+from .args import add_common_arguments
 from .report import MAX_RESULT_BYTES, Reporter, default_result_path
 
 COMPLETENESS_WARNING = 0.05
@@ -39,9 +40,7 @@ COMPLETENESS_WARNING = 0.05
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m kubetrain.workloads.explain",
                                      description="kubetrain explanation work unit (SHAP)")
-    parser.add_argument("--job", required=True, type=Path, help="TrainingJob manifest (YAML)")
-    parser.add_argument("--storage", required=True, type=Path,
-                        help="the job's storage directory (shared by all work units)")
+    add_common_arguments(parser)
     parser.add_argument("--unit", default="explain", help="work unit name (its folder in storage)")
     parser.add_argument("--model", type=Path, default=None,
                         help="trained model (default: <storage>/train/model.pt)")
@@ -54,13 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default 10 x (2F+1))")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where the model runs (auto: cuda when available)")
-    parser.add_argument("--result", type=Path, default=None,
-                        help="result file (default: /dev/termination-log in a pod, else "
-                             "<storage>/<unit>/result.json)")
-    parser.add_argument("--base-dir", type=Path, default=Path.cwd(),
-                        help="folder that relative dataset URIs are resolved against")
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="where pvc://claim/path dataset URIs are mounted")
     args = parser.parse_args(argv)
     if args.nsamples is not None and args.nsamples < 1:
         parser.error("--nsamples must be at least 1")

@@ -27,6 +27,7 @@ from ..findings.overfitting import analyze_overfitting
 from ..models import build_model
 from ..pipeline.params import apply_params
 from . import checkpoint as ckpt
+from .args import add_common_arguments
 from .distributed import DistContext, init_distributed, shutdown
 from .report import Reporter, default_result_path, write_json_atomic
 from .trainer import EpochCallback, TensorSplit, Trainer
@@ -38,20 +39,11 @@ HISTORY_FILE = "history.json"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m kubetrain.workloads.train",
                                      description="kubetrain training work unit")
-    parser.add_argument("--job", required=True, type=Path, help="TrainingJob manifest (YAML)")
-    parser.add_argument("--storage", required=True, type=Path,
-                        help="the job's storage directory (shared by all work units)")
+    add_common_arguments(parser)
     parser.add_argument("--unit", default="train", help="work unit name (its folder in storage)")
     parser.add_argument("--fold", type=int, default=None, help="cross-validation fold to train")
     parser.add_argument("--params", default=None, help="hyperparameters as JSON (tuning)")
     parser.add_argument("--epochs", type=int, default=None, help="override training.epochs")
-    parser.add_argument("--result", type=Path, default=None,
-                        help="result file (default: /dev/termination-log in a pod, else "
-                             "<storage>/<unit>/result.json)")
-    parser.add_argument("--base-dir", type=Path, default=Path.cwd(),
-                        help="folder that relative dataset URIs are resolved against")
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="where pvc://claim/path dataset URIs are mounted")
     return parser.parse_args(argv)
 
 

@@ -32,6 +32,7 @@ from ..api.spec import TrainingJobSpec
 from ..tuning.space import decode_params, distributions
 from ..tuning.study import TUNING_DIR, load_study, open_storage, state_name, trial_epochs
 from . import train
+from .args import add_common_arguments
 from .report import Reporter, default_result_path
 
 PARENT_ENV = "KUBETRAIN_SWEEP_PID"
@@ -46,22 +47,14 @@ class Terminated(BaseException):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m kubetrain.workloads.trial",
                                      description="kubetrain tuning trial work unit")
-    parser.add_argument("--job", required=True, type=Path, help="TrainingJob manifest (YAML)")
-    parser.add_argument("--storage", required=True, type=Path,
-                        help="the job's storage directory (shared by all work units)")
+    add_common_arguments(parser,
+                         result_default=f"<storage>/{TUNING_DIR}/trial-N/{RESULT_FILE}")
     parser.add_argument("--study", required=True, help="study name (created beforehand)")
     parser.add_argument("--study-server", default=None, metavar="HOST:PORT",
                         help="reach the study through this study server (GrpcStorageProxy)")
     parser.add_argument("--sampler-seed", type=int, default=None,
                         help="seed of this process's sampler (default: dataset.seed + the "
                              "number of trials in the study)")
-    parser.add_argument("--result", type=Path, default=None,
-                        help="result file (default: /dev/termination-log in a pod, else "
-                             f"<storage>/{TUNING_DIR}/trial-N/{RESULT_FILE})")
-    parser.add_argument("--base-dir", type=Path, default=Path.cwd(),
-                        help="folder that relative dataset URIs are resolved against")
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="where pvc://claim/path dataset URIs are mounted")
     return parser.parse_args(argv)
 
 

@@ -49,6 +49,7 @@ from ..tuning.study import (
     trial_row,
     tuning_dir,
 )
+from .args import add_common_arguments
 from .report import Reporter, default_result_path, parse_event, write_json_atomic
 from .trial import PARENT_ENV
 
@@ -61,16 +62,8 @@ STOP_GRACE_SECONDS = 15.0
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m kubetrain.workloads.tune",
                                      description="kubetrain tuning sweep driver")
-    parser.add_argument("--job", required=True, type=Path, help="TrainingJob manifest (YAML)")
-    parser.add_argument("--storage", required=True, type=Path,
-                        help="the job's storage directory (the study is in tuning/)")
-    parser.add_argument("--result", type=Path, default=None,
-                        help="result file (default: /dev/termination-log in a pod, else "
-                             f"<storage>/{UNIT}/result.json)")
-    parser.add_argument("--base-dir", type=Path, default=Path.cwd(),
-                        help="folder that relative dataset URIs are resolved against")
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="where pvc://claim/path dataset URIs are mounted")
+    add_common_arguments(parser, result_default=f"<storage>/{UNIT}/result.json",
+                         storage_help="the job's storage directory (the study is in tuning/)")
     parser.add_argument("--study-server", default=None, metavar="HOST:PORT",
                         help="reach the study through a study server (with --summarize)")
     parser.add_argument("--summarize", action="store_true",
