@@ -171,18 +171,21 @@ def _tuning(status: TrainingJobStatus, spec: TrainingJobSpec) -> TuningStatus:
     return status.tuning
 
 
+def _apply_sweep(tuning: TuningStatus, counts: Any, best: Any) -> None:
+    """Trial counts and the best trial, as the driver's events and results report them."""
+    if isinstance(counts, Mapping):
+        tuning.trials = TrialCounts(**{k: int(v) for k, v in counts.items()
+                                       if k in TrialCounts.model_fields})
+    if isinstance(best, Mapping) and best.get("value") is not None:
+        tuning.best = BestTrial(trial=int(best["trial"]), params=dict(best.get("params") or {}),
+                                value=float(best["value"]))
+
+
 def apply_trial_event(status: TrainingJobStatus, spec: TrainingJobSpec,
                       event: Mapping[str, Any]) -> None:
     """Live sweep progress from the driver's ``trial`` events (counts, best so far)."""
     tuning = _tuning(status, spec)
-    counts = event.get("counts")
-    if isinstance(counts, Mapping):
-        tuning.trials = TrialCounts(**{k: int(v) for k, v in counts.items()
-                                       if k in TrialCounts.model_fields})
-    best = event.get("best")
-    if isinstance(best, Mapping) and best.get("value") is not None:
-        tuning.best = BestTrial(trial=int(best["trial"]), params=dict(best.get("params") or {}),
-                                value=float(best["value"]))
+    _apply_sweep(tuning, event.get("counts"), event.get("best"))
     finished = tuning.trials.complete + tuning.trials.pruned + tuning.trials.failed
     status.progress = f"{finished}/{spec.tuning.trials} trials"
 
@@ -191,14 +194,7 @@ def apply_tuning_result(status: TrainingJobStatus, spec: TrainingJobSpec,
                         result: Mapping[str, Any]) -> None:
     tuning = _tuning(status, spec)
     tuning.study = result.get("study")
-    trials = result.get("trials")
-    if isinstance(trials, Mapping):
-        tuning.trials = TrialCounts(**{k: int(v) for k, v in trials.items()
-                                       if k in TrialCounts.model_fields})
-    best = result.get("best")
-    if isinstance(best, Mapping) and best.get("value") is not None:
-        tuning.best = BestTrial(trial=int(best["trial"]), params=dict(best.get("params") or {}),
-                                value=float(best["value"]))
+    _apply_sweep(tuning, result.get("trials"), result.get("best"))
     tuning.importances = {str(k): float(v) for k, v in (result.get("importances") or {}).items()}
     tuning.epochs_run = result.get("epochs_run")
     tuning.epochs_saved_by_pruning = result.get("epochs_saved_by_pruning")
