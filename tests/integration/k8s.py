@@ -77,6 +77,18 @@ def _check_worker_image() -> None:
                     "hack/build-images.sh worker")
 
 
+def _remove_stale_namespaces() -> None:
+    """Namespaces an interrupted earlier run left behind: their pods hold the node's CPUs."""
+    for item in get_json("namespaces").get("items", []):
+        name = item["metadata"]["name"]
+        if not name.startswith("kt-") or item["status"].get("phase") == "Terminating":
+            continue
+        for job in get_json("trainingjobs", "-n", name).get("items", []):
+            kubectl("patch", "trainingjob", job["metadata"]["name"], "-n", name,
+                    "--type=merge", "-p", '{"metadata":{"finalizers":[]}}', check=False)
+        kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[dict[str, str]]:
     env = _cluster_env()
@@ -89,6 +101,7 @@ def cluster() -> Iterator[dict[str, str]]:
     os.environ["KUBECONFIG"] = env["KUBECONFIG"]
     os.environ["PATH"] = env["PATH"]
     _check_worker_image()
+    _remove_stale_namespaces()
     subprocess.run(["kubectl", "apply", "-f", str(REPO / "crds")], check=True,
                    capture_output=True, env=env)
     subprocess.run(["kubectl", "wait", "--for=condition=Established", "--timeout=60s",

@@ -90,6 +90,7 @@ def apply_training_result(status: TrainingJobStatus, summary: Mapping[str, Any])
     """The final state of training from the main unit's result summary."""
     training = status.training or TrainingStatus()
     training.epoch = int(summary.get("epochs_run") or training.epoch)
+    training.epochs = int(summary.get("epochs") or training.epochs)
     training.best_epoch = summary.get("best_epoch")
     training.metrics = _metrics(summary.get("final_metrics") or {})
     training.best_metrics = _metrics(summary.get("best_metrics") or {})
@@ -101,6 +102,8 @@ def apply_training_result(status: TrainingJobStatus, summary: Mapping[str, Any])
     training.samples_per_second = summary.get("samples_per_second")
     status.training = training
     status.best = best_summary(training)
+    # A short run can finish between two observations: progress comes from the result too.
+    status.progress = f"{training.epoch}/{training.epochs} epochs"
 
 
 def best_summary(training: TrainingStatus) -> str | None:

@@ -145,6 +145,7 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
         "task": dataset.task,
         "train_rows": len(train),
         "augmented": augmented,
+        "epochs": args.epochs or spec.training.epochs,
         "epochs_run": len(fit.history),
         "best_epoch": fit.best_epoch,
         "best_metrics": fit.best_metrics,
