@@ -189,15 +189,19 @@ class Sweep:
                 self.launch()
             if not self.running:
                 return
-            try:
-                trial, line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if line is None:
-                self._exited(trial)
-            else:
-                self._line(trial, line)
+            self._next_line()
         self.stop_all()
+
+    def _next_line(self) -> None:
+        """Handle one line (or one exit) of a trial process, waiting at most half a second."""
+        try:
+            trial, line = self.lines.get(timeout=0.5)
+        except queue.Empty:
+            return
+        if line is None:
+            self._exited(trial)
+        else:
+            self._line(trial, line)
 
     def _line(self, trial: TrialProcess, line: str) -> None:
         trial.log.write(line)
@@ -253,14 +257,7 @@ class Sweep:
             trial.terminate()
         deadline = time.time() + STOP_GRACE_SECONDS
         while self.running and time.time() < deadline:
-            try:
-                trial, line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if line is None:
-                self._exited(trial)
-            else:
-                self._line(trial, line)
+            self._next_line()
         for trial in list(self.running.values()):
             trial.kill()
             trial.proc.wait()
