@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kubetrain-installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint typecheck unit bench crd clean
+.PHONY: install run test lint typecheck unit bench crd manifests images clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +40,15 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 
-crd: $(STAMP)  ## regenerate crds/ from the API models
+crd: $(STAMP)  ## regenerate crds/ (and the chart's copy) from the API models
 	$(BIN)/kubetrain crd > crds/trainingjobs.kubetrain.io.yaml
+	cp crds/trainingjobs.kubetrain.io.yaml charts/kubetrain/crds/
+
+manifests: crd  ## regenerate manifests/kubetrain.yaml from the Helm chart (needs helm)
+	bash hack/render-manifests.sh > manifests/kubetrain.yaml
+
+images:  ## build the operator and worker images into the local cluster (root, buildah)
+	bash hack/build-images.sh
 
 clean:
 	rm -rf $(VENV) kubetrain-runs .pytest_cache .mypy_cache .ruff_cache

@@ -8,7 +8,9 @@
 # Images (version from pyproject.toml):
 #   kubetrain-worker:<version>      (--variant cuda: kubetrain-worker:<version>-cuda)
 #   kubetrain-operator:<version>
-# An image whose tag containerd already has is skipped unless --force.
+# An image is rebuilt when its sources changed since it was built (a hash of pyproject.toml,
+# its Dockerfile and the package files it runs, kept in $STAMPS), else skipped; --force always
+# rebuilds. The worker's hash leaves out kubetrain/controller/ (only the operator runs it).
 #
 # How: the build context is prepared in a temp dir (pyproject.toml, README.md, operator/ without
 # caches, and for the CPU worker the torch wheel from this machine's disk), then
@@ -69,6 +71,7 @@ IMAGE_SH=${IMAGE_SH:-$REPO/../shared/localk8s/image.sh}
 DEFAULT_BASE=kubetrain/python-base:bookworm
 BASE_IMAGE=${BASE_IMAGE:-$DEFAULT_BASE}
 ARCHIVES=${ARCHIVES:-/var/cache/kubetrain/images}   # docker-archives when image.sh is not used
+STAMPS=${STAMPS:-/var/cache/kubetrain/stamps}        # source hash of each image last built here
 
 if [ -z "$IMAGE_SH" ]; then
   if [ -z "${CONTAINERD_ADDRESS:-}" ]; then
@@ -152,13 +155,32 @@ make_context() {  # make_context DIR WITH_WHEEL(0|1)
 }
 
 # ------------------------------------------------------------------ build + load
+source_hash() {  # source_hash worker|operator -> sha256 of what goes into that image
+  local what=$1 skip=()
+  [ "$what" = worker ] && skip=(! -path 'operator/kubetrain/controller/*')
+  (
+    cd "$REPO"
+    find pyproject.toml "images/$what/Dockerfile" operator -type f \
+         ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info*' "${skip[@]}" -print0 \
+      | LC_ALL=C sort -z | xargs -0 sha256sum
+  ) | sha256sum | cut -c1-16
+}
+
 build_one() {  # build_one worker|operator
-  local what=$1 name tag ctx t0 args
+  local what=$1 name tag ctx t0 args hash stamp
   tag=$VERSION; [ "$what" = worker ] && [ "$VARIANT" = cuda ] && tag="$VERSION-cuda"
   name=kubetrain-$what:$tag
+  hash=$(source_hash "$what")
+  stamp="$STAMPS/$(echo "$name" | tr '/:@' '___')"
   if [ "$FORCE" = 0 ] && have_cluster_image "$name"; then
-    log "$name already in the cluster's containerd: skipped (--force rebuilds)"
-    return 0
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ]; then
+      log "$name already in the cluster's containerd, built from these sources: skipped"
+      return 0
+    elif [ -f "$stamp" ]; then
+      log "$name is in containerd but its sources changed: rebuilding"
+    else
+      log "$name is in containerd, built from unknown sources (no stamp in $STAMPS): rebuilding"
+    fi
   fi
   ensure_base
   ctx=$(mktemp -d /tmp/kubetrain-build.XXXXXX)
@@ -186,6 +208,7 @@ build_one() {  # build_one worker|operator
     ctr_k8s images import "$tar" >&2
   fi
   rm -rf "$ctx"
+  mkdir -p "$STAMPS" && echo "$hash" > "$stamp"
   local secs=$((SECONDS - t0)) size
   size=$(buildah images --format '{{.Size}}' "$name" 2>/dev/null | head -n1 || true)
   echo "$name: built and loaded in ${secs}s; image size ${size:-?} (uncompressed layers)"

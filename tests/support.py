@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,31 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
+LOCAL_ENV = Path("/var/lib/localk8s/env")
+
+
+def cluster_env() -> dict[str, str]:
+    """The environment with KUBECONFIG and the PATH of kubectl and helm.
+
+    KUBECONFIG as given, else the cluster hack/local-cluster.sh started (or found), else the
+    machine's localk8s. KUBECONFIG stays unset when no cluster is known.
+    """
+    env = dict(os.environ)
+    if not env.get("KUBECONFIG"):
+        found = subprocess.run(["bash", str(REPO / "hack" / "local-cluster.sh"), "env"],
+                               capture_output=True, text=True)
+        exports = found.stdout if found.returncode == 0 else (
+            LOCAL_ENV.read_text() if LOCAL_ENV.exists() else "")
+        for line in exports.splitlines():
+            if line.startswith("export "):
+                key, _, value = line[len("export "):].partition("=")
+                env[key] = value.replace("$PATH", env.get("PATH", ""))
+    return env
+
+
+def tool(name: str) -> str | None:
+    """Full path of kubectl or helm: on PATH, or where the local cluster installed it."""
+    return shutil.which(name) or shutil.which(name, path=cluster_env().get("PATH"))
 
 
 def base_manifest(**spec_overrides: Any) -> dict[str, Any]:

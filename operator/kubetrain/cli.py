@@ -67,12 +67,18 @@ def _cmd_crd(args: argparse.Namespace) -> int:
 
 def _cmd_operator(args: argparse.Namespace) -> int:
     import asyncio
+    import os
 
     import kopf
 
+    from .controller.settings import CONFIG_ENV, load_config
+
+    if args.config:
+        os.environ[CONFIG_ENV] = str(args.config)
+    config = load_config()  # a bad configuration stops here, before kopf starts
     from .controller import handlers  # noqa: F401  (registers the handlers)
 
-    namespaces = args.namespace or []
+    namespaces = args.namespace or config.namespaces
     asyncio.run(kopf.operator(
         standalone=True,
         clusterwide=not namespaces,
@@ -80,6 +86,28 @@ def _cmd_operator(args: argparse.Namespace) -> int:
         liveness_endpoint=args.liveness,
     ))
     return 0
+
+
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    from .controller.lifecycle import delete_training_jobs
+    from .controller.settings import load_config
+
+    namespaces = args.namespace or load_config(args.config).namespaces
+    try:
+        delete_training_jobs(namespaces, args.timeout)
+    except TimeoutError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .controller.lifecycle import check_installation
+
+    problems = check_installation(args.health, args.metrics, args.namespace, args.timeout)
+    for problem in problems:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    return EXIT_FAILED if problems else 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -111,10 +139,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     op = sub.add_parser("operator", help="run the operator (watches TrainingJobs)")
     op.add_argument("-n", "--namespace", action="append",
-                    help="watch this namespace (repeatable); default: all namespaces")
+                    help="watch this namespace (repeatable); default: the configuration's "
+                    "namespaces, else all")
     op.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                     help="liveness endpoint URL (kopf's probe)")
+    op.add_argument("--config", type=Path, help="operator configuration (YAML: workerImage, "
+                    "imagePullPolicy, defaultPVC, namespaces, prices, metricsPort, "
+                    "timerSeconds); default: $KUBETRAIN_CONFIG, else built-in defaults")
     op.set_defaults(func=_cmd_operator)
+
+    cleanup = sub.add_parser("cleanup", help="delete every watched TrainingJob and wait until "
+                             "they are gone (the Helm chart's pre-delete hook)")
+    cleanup.add_argument("-n", "--namespace", action="append",
+                         help="namespace (repeatable); default: the configuration's, else all")
+    cleanup.add_argument("--config", type=Path, help="operator configuration (for namespaces)")
+    cleanup.add_argument("--timeout", type=float, default=120, help="seconds to wait")
+    cleanup.set_defaults(func=_cmd_cleanup)
+
+    check = sub.add_parser("check", help="check a running installation (the Helm chart's test)")
+    check.add_argument("--health", required=True, help="the operator's liveness URL")
+    check.add_argument("--metrics", help="the operator's /metrics URL")
+    check.add_argument("--namespace", help="reconcile a suspended TrainingJob here")
+    check.add_argument("--timeout", type=float, default=60, help="seconds to wait per step")
+    check.set_defaults(func=_cmd_check)
 
     validate = sub.add_parser("validate", help="check TrainingJob manifests")
     validate.add_argument("files", type=Path, nargs="+")

@@ -20,24 +20,15 @@ from typing import Any
 
 import pytest
 import yaml
+from support import cluster_env
 
 REPO = Path(__file__).resolve().parents[2]
-LOCAL_ENV = Path("/var/lib/localk8s/env")
 HOST_STORAGE = Path("/var/lib/kubetrain-test")
 
 
 def _cluster_env() -> dict[str, str] | None:
     """KUBECONFIG as given, else the cluster hack/local-cluster.sh started (or found)."""
-    env = dict(os.environ)
-    if not env.get("KUBECONFIG"):
-        found = subprocess.run(["bash", str(REPO / "hack" / "local-cluster.sh"), "env"],
-                               capture_output=True, text=True)
-        exports = found.stdout if found.returncode == 0 else (
-            LOCAL_ENV.read_text() if LOCAL_ENV.exists() else "")
-        for line in exports.splitlines():
-            if line.startswith("export "):
-                key, _, value = line[len("export "):].partition("=")
-                env[key] = value.replace("$PATH", env.get("PATH", ""))
+    env = cluster_env()
     if not env.get("KUBECONFIG") or not shutil.which("kubectl", path=env.get("PATH")):
         return None
     return env

@@ -2,13 +2,16 @@
 
 One handler function is registered for create, resume, spec change and a timer that runs only
 while a job is not finished (or waits for its TTL). It observes the children, asks
-``reconcile`` what to do, does it, and writes the status. Errors become conditions.
+``reconcile`` what to do, does it, and writes the status. Errors become conditions. An event
+handler (no finalizer) keeps the metrics' count of jobs by phase.
+
+Settings come from the operator configuration (settings.py: $KUBETRAIN_CONFIG plus env vars).
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,20 +24,13 @@ from ..api.status import TrainingJobStatus
 from ..pipeline import status as st
 from ..workloads.report import parse_event
 from . import builders as b
+from . import metrics
 from .observe import Observed, pod_view
 from .reconcile import TERMINAL, Decision, reconcile
+from .settings import OperatorConfig, current_config, resolve_prices
 
-TIMER_SECONDS = float(os.environ.get("KUBETRAIN_TIMER_SECONDS", "5"))
+TIMER_SECONDS = current_config().timer_seconds
 _api: dict[str, Any] = {}
-
-
-def settings_from_env() -> b.OperatorSettings:
-    return b.OperatorSettings(
-        worker_image=os.environ.get("KUBETRAIN_WORKER_IMAGE", b.OperatorSettings.worker_image),
-        image_pull_policy=os.environ.get("KUBETRAIN_IMAGE_PULL_POLICY", "IfNotPresent"),
-        default_pvc=os.environ.get("KUBETRAIN_DEFAULT_PVC") or None,
-        dev_source=os.environ.get("KUBETRAIN_DEV_SOURCE") or None,
-    )
 
 
 def _core() -> client.CoreV1Api:
@@ -69,6 +65,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 30
     settings.execution.max_workers = 8
     settings.posting.level = logging.WARNING  # Events come from reconcile, not from kopf logs
+    metrics.serve(current_config().metrics_port)
 
 
 @kopf.on.probe(id="reconciler")
@@ -199,6 +196,41 @@ def _is_active(body: kopf.Body, **_: Any) -> bool:
         is not None
 
 
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def count_phase(event: kopf.RawEvent, **_: Any) -> None:
+    """Keep the metrics' jobs-by-phase gauge; event handlers add no finalizer."""
+    obj = event.get("object") or {}
+    uid = (obj.get("metadata") or {}).get("uid")
+    if not uid:
+        return
+    if event.get("type") == "DELETED":
+        metrics.JOBS.forget(uid)
+    else:
+        metrics.JOBS.set(uid, (obj.get("status") or {}).get("phase"))
+
+
+def _read_prices_config_map(namespace: str, name: str) -> dict[str, str]:
+    try:
+        config_map = _core().read_namespaced_config_map(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            raise ManifestError([f"spec.findings.cost.priceConfigMap: ConfigMap {name!r} not "
+                                 f"found in namespace {namespace!r}"]) from None
+        raise
+    return dict(config_map.data or {})
+
+
+def _parse(document: dict[str, Any], namespace: str, name: str,
+           config: OperatorConfig) -> Any:
+    """The TrainingJob with its effective prices; ManifestError when the spec cannot run."""
+    job = parse_training_job(document, f"TrainingJob {namespace}/{name}")
+    cost = job.spec.findings.cost
+    table = (_read_prices_config_map(namespace, cost.price_config_map)
+             if cost.price_config_map else None)
+    cost.prices = resolve_prices(cost.prices, table, config.prices, cost.price_config_map)
+    return job
+
+
 @kopf.on.create(GROUP, VERSION, PLURAL, retries=5, backoff=5, timeout=120)
 @kopf.on.resume(GROUP, VERSION, PLURAL, retries=5, backoff=5, timeout=120)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", retries=5, backoff=5, timeout=120)
@@ -208,13 +240,28 @@ def _is_active(body: kopf.Body, **_: Any) -> bool:
 def reconcile_handler(body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str,
                       **_: Any) -> None:
     """The single reconcile of a TrainingJob; the decision itself is pure (reconcile.py)."""
-    namespace = namespace or "default"
+    started = time.perf_counter()
+    metrics.RECONCILES.inc()
+    try:
+        _reconcile(body, patch, namespace or "default", name)
+    except kopf.TemporaryError:
+        raise  # counted where it was raised
+    except Exception:
+        metrics.RECONCILE_ERRORS.labels(reason="Unexpected").inc()
+        raise
+    finally:
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+
+
+def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str) -> None:
     document = {**dict(body), "metadata": {**dict(body.metadata), "namespace": namespace}}
     document.pop("status", None)
     now = datetime.now(UTC)
+    config = current_config()
     try:
-        job = parse_training_job(document, f"TrainingJob {namespace}/{name}")
+        job = _parse(document, namespace, name, config)
     except ManifestError as error:
+        metrics.RECONCILE_ERRORS.labels(reason="InvalidSpec").inc()
         status = TrainingJobStatus.model_validate(dict(body.get("status") or {}))
         message = "; ".join(error.problems)
         at = st.timestamp(now)
@@ -224,14 +271,20 @@ def reconcile_handler(body: kopf.Body, patch: kopf.Patch, namespace: str | None,
             kopf.event(body, type="Warning", reason="InvalidSpec", message=message[:1000])
         patch.status.update(_status_patch(status))
         return
+    except ApiException as error:
+        metrics.RECONCILE_ERRORS.labels(reason="ApiError").inc()
+        raise kopf.TemporaryError(f"API error {error.status}: {error.reason}", delay=10) \
+            from None
     raw_status = dict(body.get("status") or {})
     if raw_status:
         job.status = TrainingJobStatus.model_validate(raw_status)
+    before = job.status.model_copy(deep=True) if job.status is not None else None
     try:
         observed = observe(namespace, name, _running_units(raw_status))
-        decision = reconcile(job, observed, settings_from_env(), now)
+        decision = reconcile(job, observed, config.worker_settings(), now)
         _apply(decision, body, namespace, name)
     except ApiException as error:
+        metrics.RECONCILE_ERRORS.labels(reason="ApiError").inc()
         status = job.status or TrainingJobStatus()
         st.set_condition(status, "ReconcileError", "True", "ReconcileError",
                          f"API error {error.status}: {error.reason}", st.timestamp(now))
@@ -240,3 +293,4 @@ def reconcile_handler(body: kopf.Body, patch: kopf.Patch, namespace: str | None,
             from None
     if not decision.delete_job:
         patch.status.update(_status_patch(decision.status))
+        metrics.record_stages(before, decision.status)

@@ -1,0 +1,158 @@
+"""Installation lifecycle: the Helm chart's test (`kubetrain check`) and pre-delete hook
+(`kubetrain cleanup`).
+
+cleanup deletes every TrainingJob the operator watches and waits until they are gone, while the
+operator still runs: kopf's finalizer on each job is removed by the operator, so an uninstall
+never leaves jobs (or namespaces) stuck in Terminating behind a stopped operator.
+
+check is what `helm test` runs: the operator's liveness endpoint answers, its /metrics has the
+kubetrain metrics, and a suspended TrainingJob created for the test is reconciled (phase
+Suspended: nothing runs) and then deleted, which needs the operator to clear its finalizer.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from ..api.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
+
+
+def _custom() -> client.CustomObjectsApi:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.CustomObjectsApi()
+
+
+def _jobs(api: client.CustomObjectsApi, namespaces: list[str]) -> list[tuple[str, str]]:
+    lists: list[Any] = (
+        [api.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL) for ns in namespaces]
+        if namespaces else [api.list_cluster_custom_object(GROUP, VERSION, PLURAL)])
+    items = [item for listed in lists for item in listed["items"]]
+    return [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items]
+
+
+def _wait(condition: Callable[[], bool], timeout: float, interval: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def delete_training_jobs(namespaces: list[str], timeout: float,
+                         log: Callable[[str], None] = print) -> int:
+    """Delete the TrainingJobs in ``namespaces`` (empty: all) and wait until they are gone.
+
+    Returns how many were deleted; raises TimeoutError naming those left after ``timeout``.
+    """
+    api = _custom()
+    jobs = _jobs(api, namespaces)
+    where = ", ".join(namespaces) if namespaces else "all namespaces"
+    log(f"{len(jobs)} TrainingJob(s) in {where}")
+    for namespace, name in jobs:
+        try:
+            api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            log(f"deleting {namespace}/{name}")
+        except ApiException as error:
+            if error.status != 404:
+                raise
+    left: list[tuple[str, str]] = jobs
+    def gone() -> bool:
+        nonlocal left
+        left = _jobs(api, namespaces)
+        return not left
+    if not _wait(gone, timeout):
+        names = ", ".join(f"{ns}/{n}" for ns, n in left)
+        raise TimeoutError(f"after {timeout:.0f}s these TrainingJobs still exist: {names} "
+                           "(is the operator running? it removes their finalizer)")
+    log(f"all {len(jobs)} deleted")
+    return len(jobs)
+
+
+def _get(url: str, timeout: float = 10) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        body: bytes = response.read()
+        return body.decode()
+
+
+def check_installation(health_url: str, metrics_url: str | None, namespace: str | None,
+                       timeout: float, log: Callable[[str], None] = print) -> list[str]:
+    """Problems found with a running installation (empty: it works)."""
+    problems: list[str] = []
+    try:
+        _get(health_url)
+        log(f"ok: liveness endpoint {health_url}")
+    except OSError as error:
+        problems.append(f"liveness endpoint {health_url}: {error}")
+    if metrics_url:
+        try:
+            text = _get(metrics_url)
+            missing = [m for m in ("kubetrain_trainingjobs", "kubetrain_reconciles_total",
+                                   "kubetrain_reconcile_errors_total") if m not in text]
+            if missing:
+                problems.append(f"metrics {metrics_url}: missing {', '.join(missing)}")
+            else:
+                log(f"ok: metrics endpoint {metrics_url}")
+        except OSError as error:
+            problems.append(f"metrics endpoint {metrics_url}: {error}")
+    if namespace:
+        problems += _check_reconcile(namespace, timeout, log)
+    return problems
+
+
+def _check_reconcile(namespace: str, timeout: float, log: Callable[[str], None]) -> list[str]:
+    """A suspended TrainingJob must reach phase Suspended, then be deleted cleanly."""
+    api = _custom()
+    name = f"kubetrain-check-{uuid.uuid4().hex[:6]}"
+    body: dict[str, Any] = {
+        "apiVersion": API_VERSION, "kind": KIND,
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/component": "check"}},
+        "spec": {"dataset": {"builtin": "iris"}, "model": {"builtin": "mlp"},
+                 "training": {"epochs": 1},
+                 # the claim is never mounted: a suspended job starts no pods
+                 "storage": {"pvc": "kubetrain-check"},
+                 "runPolicy": {"suspend": True}},
+    }
+    api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    problems = []
+    phase: str | None = None
+
+    def suspended() -> bool:
+        nonlocal phase
+        obj: Any = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        phase = (obj.get("status") or {}).get("phase")
+        return phase == "Suspended"
+
+    if _wait(suspended, timeout):
+        log(f"ok: TrainingJob {namespace}/{name} reconciled (phase Suspended)")
+    else:
+        problems.append(f"TrainingJob {namespace}/{name} not reconciled within {timeout:.0f}s "
+                        f"(phase {phase!r}, expected 'Suspended'): is {namespace} watched?")
+    api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+    def deleted() -> bool:
+        try:
+            api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as error:
+            if error.status == 404:
+                return True
+            raise
+        return False
+
+    if _wait(deleted, timeout):
+        log(f"ok: TrainingJob {namespace}/{name} deleted")
+    else:
+        problems.append(f"TrainingJob {namespace}/{name} still exists {timeout:.0f}s after "
+                        "its deletion (the operator did not remove its finalizer)")
+    return problems

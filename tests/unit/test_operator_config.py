@@ -1,0 +1,113 @@
+"""The operator's configuration file, price resolution and metrics (no cluster)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kubetrain.api.resource import ManifestError
+from kubetrain.api.spec import PricesSpec
+from kubetrain.api.status import StageStatus, TrainingJobStatus
+from kubetrain.controller import metrics
+from kubetrain.controller.settings import load_config, parse_config, resolve_prices
+from prometheus_client import generate_latest
+
+
+def test_defaults_without_a_file_or_environment() -> None:
+    config = load_config(None, environ={})
+    assert config.worker_image.startswith("kubetrain-worker:")
+    assert config.namespaces == [] and config.metrics_port == 9090
+    assert config.prices == PricesSpec()
+    assert config.worker_settings().default_pvc is None
+
+
+def test_file_then_environment(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("workerImage: registry.example/kubetrain-worker:9\n"
+                    "defaultPVC: shared\nnamespaces: [ml, research]\n"
+                    "prices: {cpuHour: 0.05, currency: EUR}\nmetricsPort: 9191\n")
+    config = load_config(path, environ={"KUBETRAIN_DEFAULT_PVC": "scratch",
+                                        "KUBETRAIN_NAMESPACES": "a, b"})
+    assert config.worker_image == "registry.example/kubetrain-worker:9"
+    assert config.default_pvc == "scratch" and config.namespaces == ["a", "b"]
+    assert config.prices.cpu_hour == 0.05 and config.prices.currency == "EUR"
+    assert config.prices.gpu_hour == PricesSpec().gpu_hour
+    settings = config.worker_settings()
+    assert (settings.worker_image, settings.default_pvc) == (config.worker_image, "scratch")
+
+
+@pytest.mark.parametrize(("document", "environ", "expected"), [
+    ({"workerimage": "x"}, {}, "workerimage: unknown field"),
+    ({"imagePullPolicy": "Sometimes"}, {}, "imagePullPolicy: must be one of"),
+    ({"metricsPort": 70000}, {}, "metricsPort: must be less than or equal to 65535"),
+    ({"prices": {"cpuHour": -1}}, {}, "prices.cpuHour: must be greater than or equal to 0"),
+    ({}, {"KUBETRAIN_TIMER_SECONDS": "0"}, "timerSeconds (from $KUBETRAIN_TIMER_SECONDS)"),
+    ([1, 2], {}, "must be a YAML mapping"),
+])
+def test_bad_configuration_names_the_field(document: object, environ: dict[str, str],
+                                           expected: str) -> None:
+    with pytest.raises(ManifestError) as error:
+        parse_config(document, environ)
+    assert expected in str(error.value)
+
+
+def test_unreadable_or_broken_file(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml", environ={})
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("prices: [\n")
+    with pytest.raises(ManifestError, match="not valid YAML"):
+        load_config(broken, environ={})
+
+
+TABLE = PricesSpec(cpu_hour=1.0, memory_gi_b_hour=0.1, gpu_hour=10.0, currency="EUR")
+
+
+def test_prices_spec_fields_then_config_map_then_table() -> None:
+    assert resolve_prices(PricesSpec(), None, TABLE) == TABLE
+    from_map = resolve_prices(PricesSpec(), {"gpuHour": " 7.5 ", "currency": "GBP"}, TABLE, "p")
+    assert (from_map.cpu_hour, from_map.gpu_hour, from_map.currency) == (1.0, 7.5, "GBP")
+    spec = PricesSpec.model_validate({"gpuHour": 3.0})
+    mixed = resolve_prices(spec, {"gpuHour": "7.5", "cpuHour": "2"}, TABLE, "p")
+    assert (mixed.cpu_hour, mixed.gpu_hour, mixed.memory_gi_b_hour) == (2.0, 3.0, 0.1)
+
+
+def test_bad_price_config_map_names_the_field() -> None:
+    with pytest.raises(ManifestError, match=r"priceConfigMap \(p\): unknown keys gpu; allowed"):
+        resolve_prices(PricesSpec(), {"gpu": "1"}, TABLE, "p")
+    with pytest.raises(ManifestError, match=r"priceConfigMap \(p\): cpuHour"):
+        resolve_prices(PricesSpec(), {"cpuHour": "cheap"}, TABLE, "p")
+
+
+def _status(**stages: tuple[str, str | None, str | None]) -> TrainingJobStatus:
+    return TrainingJobStatus(stages={
+        name: StageStatus(phase=phase, start_time=start, completion_time=end)  # type: ignore[arg-type]
+        for name, (phase, start, end) in stages.items()})
+
+
+def test_stage_durations_are_counted_once() -> None:
+    running = _status(tuning=("Running", "2026-01-01T00:00:00Z", None))
+    done = _status(tuning=("Succeeded", "2026-01-01T00:00:00Z", "2026-01-01T00:01:30Z"),
+                   training=("Failed", "2026-01-01T00:01:30Z", "2026-01-01T00:01:40Z"))
+    assert metrics.finished_stages(running, done) == [("tuning", "Succeeded", 90.0),
+                                                      ("training", "Failed", 10.0)]
+    assert metrics.finished_stages(done, done) == []  # a later reconcile, or a restart
+    assert metrics.finished_stages(None, _status(x=("Skipped", None, None))) == []
+
+
+def test_metrics_exposition() -> None:
+    jobs = metrics.JobPhases()
+    jobs.set("a", "Running")
+    jobs.set("b", "Running")
+    jobs.set("c", None)
+    jobs.set("b", "Succeeded")
+    jobs.forget("c")
+    assert jobs.counts()["Running"] == 1 and jobs.counts()["Pending"] == 0
+    metrics.record_stages(None, _status(
+        augmentation=("Succeeded", "2026-01-01T00:00:00Z", "2026-01-01T00:00:20Z")))
+    metrics.RECONCILE_ERRORS.labels(reason="ApiError").inc()
+    text = generate_latest(metrics.REGISTRY).decode()
+    assert 'kubetrain_stage_duration_seconds_bucket{le="30.0",result="Succeeded",' \
+           'stage="augmentation"} 1.0' in text
+    assert 'kubetrain_reconcile_errors_total{reason="ApiError"}' in text
+    assert 'kubetrain_trainingjobs{phase="Suspended"}' in text  # every phase, also at 0
