@@ -10,7 +10,8 @@
 #   kubetrain-operator:<version>
 # An image is rebuilt when its sources changed since it was built (a hash of pyproject.toml,
 # its Dockerfile and the package files it runs, kept in $STAMPS), else skipped; --force always
-# rebuilds. The worker's hash leaves out kubetrain/controller/ (only the operator runs it).
+# rebuilds. The worker's hash leaves out kubetrain/controller/ and cli.py (only the operator runs
+# them).
 #
 # How: the build context is prepared in a temp dir (pyproject.toml, README.md, operator/ without
 # caches, and for the CPU worker the torch wheel from this machine's disk), then
@@ -157,7 +158,8 @@ make_context() {  # make_context DIR WITH_WHEEL(0|1)
 # ------------------------------------------------------------------ build + load
 source_hash() {  # source_hash worker|operator -> sha256 of what goes into that image
   local what=$1 skip=()
-  [ "$what" = worker ] && skip=(! -path 'operator/kubetrain/controller/*')
+  # the worker's pods run `python -m kubetrain.workloads.*`, never the operator or its CLI
+  [ "$what" = worker ] && skip=(! -path 'operator/kubetrain/controller/*' ! -path 'operator/kubetrain/cli.py')
   (
     cd "$REPO"
     find pyproject.toml "images/$what/Dockerfile" operator -type f \

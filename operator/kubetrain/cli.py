@@ -67,6 +67,7 @@ def _cmd_crd(args: argparse.Namespace) -> int:
 
 def _cmd_operator(args: argparse.Namespace) -> int:
     import asyncio
+    import logging
     import os
 
     import kopf
@@ -77,6 +78,10 @@ def _cmd_operator(args: argparse.Namespace) -> int:
         os.environ[CONFIG_ENV] = str(args.config)
     config = load_config()  # a bad configuration stops here, before kopf starts
     from .controller import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.configure(verbose=args.verbose)  # log lines with time, logger and level (INFO)
+    if not args.verbose:  # not a line per liveness probe
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
     namespaces = args.namespace or config.namespaces
     asyncio.run(kopf.operator(
@@ -146,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--config", type=Path, help="operator configuration (YAML: workerImage, "
                     "imagePullPolicy, defaultPVC, namespaces, prices, metricsPort, "
                     "timerSeconds); default: $KUBETRAIN_CONFIG, else built-in defaults")
+    op.add_argument("--verbose", action="store_true", help="debug logging")
     op.set_defaults(func=_cmd_operator)
 
     cleanup = sub.add_parser("cleanup", help="delete every watched TrainingJob and wait until "

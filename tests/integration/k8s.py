@@ -42,11 +42,11 @@ def _version() -> str:
 WORKER_IMAGE = f"kubetrain-worker:{_version()}"
 
 
-def _check_worker_image() -> None:
-    """Skip (with the command to fix it) when the cluster lacks the worker image."""
+def check_image(image: str, command: list[str], build: str) -> None:
+    """Skip (with the command that fixes it) when the cluster cannot run ``image``."""
     name = f"kubetrain-image-check-{uuid.uuid4().hex[:6]}"
-    kubectl("run", name, "-n", "default", f"--image={WORKER_IMAGE}", "--restart=Never",
-            "--image-pull-policy=Never", "--command", "--", "python", "-c", "import kubetrain")
+    kubectl("run", name, "-n", "default", f"--image={image}", "--restart=Never",
+            "--image-pull-policy=Never", "--command", "--", *command)
     try:
         def state() -> str | None:
             pod = get_json("pod", name, "-n", "default")
@@ -60,12 +60,11 @@ def _check_worker_image() -> None:
                     return str(waiting["reason"])
             return None
 
-        outcome = wait_for(state, 180, "the worker image check pod")
+        outcome = wait_for(state, 180, f"the {image} check pod")
     finally:
         kubectl("delete", "pod", name, "-n", "default", "--wait=false", check=False)
     if outcome != "Succeeded":
-        pytest.skip(f"the cluster has no usable {WORKER_IMAGE} ({outcome}): run "
-                    "hack/build-images.sh worker")
+        pytest.skip(f"the cluster has no usable {image} ({outcome}): run {build}")
 
 
 def _remove_stale_namespaces() -> None:
@@ -91,7 +90,8 @@ def cluster() -> Iterator[dict[str, str]]:
         pytest.skip(f"Kubernetes API not reachable: {probe.stderr.strip()[:200]}")
     os.environ["KUBECONFIG"] = env["KUBECONFIG"]
     os.environ["PATH"] = env["PATH"]
-    _check_worker_image()
+    check_image(WORKER_IMAGE, ["python", "-c", "import kubetrain"],
+                "hack/build-images.sh worker")
     _remove_stale_namespaces()
     subprocess.run(["kubectl", "apply", "-f", str(REPO / "crds")], check=True,
                    capture_output=True, env=env)
@@ -112,7 +112,10 @@ def get_json(*args: str) -> Any:
 
 @pytest.fixture
 def namespace(cluster: dict[str, str]) -> Iterator[str]:
-    """A namespace with a PVC `kubetrain-data` on a hostPath volume, removed afterwards."""
+    """A namespace with the PVC of examples/storage/ on a hostPath volume, removed afterwards.
+
+    The volume is pre-bound to that claim (claimRef), so it cannot go to another test's.
+    """
     name = f"kt-{uuid.uuid4().hex[:8]}"
     host = HOST_STORAGE / name
     host.mkdir(parents=True, exist_ok=True)
@@ -122,16 +125,12 @@ def namespace(cluster: dict[str, str]) -> Iterator[str]:
         "apiVersion": "v1", "kind": "PersistentVolume",
         "metadata": {"name": f"{name}-data", "labels": {"kubetrain-test": name}},
         "spec": {"capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteMany"],
-                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                 "persistentVolumeReclaimPolicy": "Retain",
+                 "claimRef": {"namespace": name, "name": "kubetrain-data"},
                  "hostPath": {"path": str(host), "type": "Directory"}},
     }
-    claim = {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "kubetrain-data", "namespace": name},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
-                 "volumeName": f"{name}-data", "resources": {"requests": {"storage": "5Gi"}}},
-    }
-    kubectl("apply", "-f", "-", input=yaml.safe_dump_all([volume, claim]))
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(volume))
+    kubectl("apply", "-n", name, "-f", str(REPO / "examples" / "storage" / "kubetrain-data.yaml"))
     yield name
     # TrainingJobs first, while an operator may still clear finalizers; then strip any left.
     kubectl("delete", "trainingjobs", "--all", "-n", name, "--wait=false", check=False)

@@ -1,0 +1,184 @@
+"""Installing kubetrain as a user does, on the real cluster (the images, not the repo's code).
+
+Helm: `helm install`, `kubectl apply -f examples/digits.yaml` until Succeeded with findings,
+the metrics, `helm test`, `helm uninstall`, and nothing of kubetrain left. Then the same with
+`kubectl apply -f manifests/` and `kubectl delete -f manifests/`.
+
+Both images must be in the cluster and current (`.ci/run` runs hack/build-images.sh, which
+rebuilds an image whose sources changed). The operator runs from its image with the chart's
+defaults; only the pull policy is Never, so a missing image fails fast instead of pulling.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from k8s import (
+    REPO,
+    WORKER_IMAGE,
+    check_image,
+    get_json,
+    kubectl,
+    wait_for,
+    wait_phase,
+)
+from support import tool
+
+SYSTEM = "kubetrain-system"  # the plain manifests' namespace; the Helm release's here too
+OPERATOR_IMAGE = WORKER_IMAGE.replace("worker", "operator")
+HELM = tool("helm")
+LABEL = "app.kubernetes.io/part-of=kubetrain"
+CRD = "trainingjobs.kubetrain.io"
+
+
+def helm(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[
+        str]:
+    assert HELM is not None
+    result = subprocess.run([HELM, *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def _remove_installation() -> None:
+    """Whatever an interrupted run left: the release or the plain install (jobs first)."""
+    if HELM and "kubetrain" in helm("list", "-n", SYSTEM, "-q", check=False).stdout.split():
+        helm("uninstall", "kubetrain", "-n", SYSTEM, "--wait", "--timeout", "3m", check=False)
+    if kubectl("get", "deployment", "kubetrain", "-n", SYSTEM, check=False).returncode == 0:
+        kubectl("delete", "trainingjobs", "--all", "-A", "--timeout=120s", check=False,
+                timeout=150)
+    for job in get_json("trainingjobs", "-A").get("items", []):  # no operator to clear them
+        kubectl("patch", "trainingjob", job["metadata"]["name"], "-n",
+                job["metadata"]["namespace"], "--type=merge", "-p",
+                '{"metadata":{"finalizers":[]}}', check=False)
+    kubectl("delete", "clusterroles,clusterrolebindings", "-l", LABEL, check=False)
+    kubectl("delete", "namespace", SYSTEM, "--ignore-not-found", "--wait=false", check=False)
+    wait_for(lambda: kubectl("get", "namespace", SYSTEM, check=False).returncode != 0, 180,
+             f"namespace {SYSTEM} to go")
+    _ensure_crd()
+
+
+def _ensure_crd() -> None:
+    """The CRD back (the other cluster tests need it), once a deletion of it has finished."""
+    def settled() -> bool:
+        found = kubectl("get", "crd", CRD, "-o", "json", check=False)
+        return found.returncode != 0 or "deletionTimestamp" not in json.loads(
+            found.stdout)["metadata"]
+
+    wait_for(settled, 120, f"the deletion of {CRD} to finish")
+    kubectl("apply", "-f", str(REPO / "crds"))
+    kubectl("wait", "--for=condition=Established", f"crd/{CRD}")
+
+
+@pytest.fixture
+def clean_cluster(cluster: dict[str, str]) -> Iterator[None]:
+    if HELM is None:
+        pytest.skip("helm not found (hack/local-cluster.sh up installs it)")
+    check_image(OPERATOR_IMAGE, ["kubetrain", "--version"], "hack/build-images.sh operator")
+    _remove_installation()
+    yield
+    _remove_installation()
+
+
+def _run_digits(namespace: str) -> dict[str, Any]:
+    """examples/digits.yaml as the README says, until it succeeds with its findings."""
+    kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "digits.yaml"))
+    status = wait_phase(namespace, "digits", ("Succeeded", "Failed"), timeout=900)
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)[:3000]
+    assert {name: stage["phase"] for name, stage in status["stages"].items()} == {
+        "augmentation": "Succeeded", "tuning": "Succeeded", "training": "Succeeded",
+        "explanation": "Succeeded"}
+    findings = status["findings"]
+    assert findings["overfitting"]["verdict"] in ("none", "overfitting", "underfitting",
+                                                  "diverging")
+    assert findings["cost"]["total"] > 0 and findings["cost"]["currency"] == "USD"
+    assert status["training"]["testMetrics"]["test_accuracy"] > 0.9
+    return status
+
+
+def _operator_logs() -> str:
+    return kubectl("logs", "-n", SYSTEM, "deployment/kubetrain", check=False).stdout
+
+
+def _metrics() -> str:
+    return kubectl("get", "--raw", f"/api/v1/namespaces/{SYSTEM}/services/"
+                   "kubetrain:metrics/proxy/metrics").stdout
+
+
+def _leftovers(namespace: str) -> list[str]:
+    """What of kubetrain is still in the cluster (the CRD aside)."""
+    left = [f"TrainingJob {namespace}/{i['metadata']['name']}"
+            for i in get_json("trainingjobs", "-A").get("items", [])]
+    for kind in ("pods", "jobs", "services", "configmaps"):
+        for item in get_json(kind, "-n", namespace, "-l", "kubetrain.io/job").get("items", []):
+            left.append(f"{kind} {namespace}/{item['metadata']['name']}")
+    for kind in ("pods", "jobs", "services", "configmaps", "serviceaccounts", "roles",
+                 "rolebindings", "deployments"):
+        for item in get_json(kind, "-n", SYSTEM).get("items", []) if kubectl(
+                "get", "namespace", SYSTEM, check=False).returncode == 0 else []:
+            name = item["metadata"]["name"]
+            if name not in ("kube-root-ca.crt", "default") and not name.startswith("default-"):
+                left.append(f"{kind} {SYSTEM}/{name}")
+    for kind in ("clusterroles", "clusterrolebindings"):
+        left += [f"{kind} {i['metadata']['name']}"
+                 for i in get_json(kind, "-l", LABEL).get("items", [])]
+    return left
+
+
+def _assert_nothing_left(namespace: str) -> None:
+    left: list[str] = []
+
+    def clean() -> bool:
+        nonlocal left
+        left = _leftovers(namespace)
+        return not left
+
+    try:
+        wait_for(clean, 120, "kubetrain's objects to go")
+    except AssertionError:
+        raise AssertionError(f"left behind: {left}") from None
+
+
+def test_helm_install_run_test_uninstall(clean_cluster: None, namespace: str) -> None:
+    helm("install", "kubetrain", str(REPO / "charts" / "kubetrain"), "-n", SYSTEM,
+         "--create-namespace", "--wait", "--timeout", "3m",
+         "--set", "image.pullPolicy=Never", "--set", "worker.image.pullPolicy=Never")
+    status = _run_digits(namespace)
+    assert status["training"]["epoch"] >= 1
+
+    metrics = _metrics()
+    assert 'kubetrain_trainingjobs{phase="Succeeded"} 1.0' in metrics
+    for stage in ("augmentation", "tuning", "training", "explanation"):
+        assert (f'kubetrain_stage_duration_seconds_count{{result="Succeeded",stage="{stage}"}}'
+                " 1.0") in metrics, stage
+
+    tested = helm("test", "kubetrain", "-n", SYSTEM, "--logs")
+    assert "reconciled (phase Suspended)" in tested.stdout, tested.stdout
+    logs = _operator_logs()
+    assert "Forbidden" not in logs and "403" not in logs, logs[-3000:]
+
+    helm("uninstall", "kubetrain", "-n", SYSTEM, "--wait", "--timeout", "5m")
+    _assert_nothing_left(namespace)
+
+
+def test_kubectl_apply_and_delete_plain_manifests(clean_cluster: None, namespace: str) -> None:
+    manifests = REPO / "manifests"
+    kubectl("apply", "-f", str(manifests))
+    kubectl("rollout", "status", "-n", SYSTEM, "deployment/kubetrain", "--timeout=180s",
+            timeout=200)
+    _run_digits(namespace)
+    assert 'kubetrain_trainingjobs{phase="Succeeded"} 1.0' in _metrics()
+    assert "Forbidden" not in _operator_logs()
+
+    # the README's uninstall: the TrainingJobs while the operator runs, then the manifests
+    kubectl("delete", "trainingjobs", "--all", "-A", "--wait", "--timeout=120s", timeout=150)
+    kubectl("delete", "-f", str(manifests), "--wait", "--timeout=180s", timeout=200)
+    _assert_nothing_left(namespace)
+    assert kubectl("get", "crd", CRD, check=False).returncode != 0
+    config = yaml.safe_load((manifests / "kubetrain.yaml").read_text().split("---")[1])
+    assert config["kind"] == "CustomResourceDefinition"
