@@ -92,11 +92,11 @@ def cluster() -> Iterator[dict[str, str]]:
     os.environ["PATH"] = env["PATH"]
     check_image(WORKER_IMAGE, ["python", "-c", "import kubetrain"],
                 "hack/build-images.sh worker")
-    _remove_stale_namespaces()
     subprocess.run(["kubectl", "apply", "-f", str(REPO / "crds")], check=True,
                    capture_output=True, env=env)
     subprocess.run(["kubectl", "wait", "--for=condition=Established", "--timeout=60s",
                     "crd/trainingjobs.kubetrain.io"], check=True, capture_output=True, env=env)
+    _remove_stale_namespaces()
     yield env
 
 
@@ -134,7 +134,9 @@ def namespace(cluster: dict[str, str]) -> Iterator[str]:
     yield name
     # TrainingJobs first, while an operator may still clear finalizers; then strip any left.
     kubectl("delete", "trainingjobs", "--all", "-n", name, "--wait=false", check=False)
-    for job in get_json("trainingjobs", "-n", name).get("items", []):
+    listed = kubectl("get", "trainingjobs", "-n", name, "-o", "json", check=False)
+    left = yaml.safe_load(listed.stdout)["items"] if listed.returncode == 0 else []  # no CRD
+    for job in left:
         kubectl("patch", "trainingjob", job["metadata"]["name"], "-n", name, "--type=merge",
                 "-p", '{"metadata":{"finalizers":[]}}', check=False)
     kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -52,7 +52,9 @@ def _remove_installation() -> None:
     if kubectl("get", "deployment", "kubetrain", "-n", SYSTEM, check=False).returncode == 0:
         kubectl("delete", "trainingjobs", "--all", "-A", "--timeout=120s", check=False,
                 timeout=150)
-    for job in get_json("trainingjobs", "-A").get("items", []):  # no operator to clear them
+    listed = kubectl("get", "trainingjobs", "-A", "-o", "json", check=False)
+    jobs = json.loads(listed.stdout)["items"] if listed.returncode == 0 else []
+    for job in jobs:  # no operator is left to clear their finalizers
         kubectl("patch", "trainingjob", job["metadata"]["name"], "-n",
                 job["metadata"]["namespace"], "--type=merge", "-p",
                 '{"metadata":{"finalizers":[]}}', check=False)
@@ -105,6 +107,14 @@ def _operator_logs() -> str:
     return kubectl("logs", "-n", SYSTEM, "deployment/kubetrain", check=False).stdout
 
 
+def _operator_pod() -> str | None:
+    pods = get_json("pods", "-n", SYSTEM, "-l", "app.kubernetes.io/component=operator")
+    running = [p["metadata"]["name"] for p in pods.get("items", [])
+               if p["status"].get("phase") == "Running" and not p["metadata"].get(
+                   "deletionTimestamp")]
+    return running[0] if len(running) == 1 else None
+
+
 def _metrics() -> str:
     return kubectl("get", "--raw", f"/api/v1/namespaces/{SYSTEM}/services/"
                    "kubetrain:metrics/proxy/metrics").stdout
@@ -112,8 +122,9 @@ def _metrics() -> str:
 
 def _leftovers(namespace: str) -> list[str]:
     """What of kubetrain is still in the cluster (the CRD aside)."""
-    left = [f"TrainingJob {namespace}/{i['metadata']['name']}"
-            for i in get_json("trainingjobs", "-A").get("items", [])]
+    crd = kubectl("get", "crd", CRD, check=False).returncode == 0
+    left = [f"TrainingJob {i['metadata']['namespace']}/{i['metadata']['name']}"
+            for i in (get_json("trainingjobs", "-A").get("items", []) if crd else [])]
     for kind in ("pods", "jobs", "services", "configmaps"):
         for item in get_json(kind, "-n", namespace, "-l", "kubetrain.io/job").get("items", []):
             left.append(f"{kind} {namespace}/{item['metadata']['name']}")
@@ -179,6 +190,45 @@ def test_kubectl_apply_and_delete_plain_manifests(clean_cluster: None, namespace
     kubectl("delete", "trainingjobs", "--all", "-A", "--wait", "--timeout=120s", timeout=150)
     kubectl("delete", "-f", str(manifests), "--wait", "--timeout=180s", timeout=200)
     _assert_nothing_left(namespace)
-    assert kubectl("get", "crd", CRD, check=False).returncode != 0
-    config = yaml.safe_load((manifests / "kubetrain.yaml").read_text().split("---")[1])
-    assert config["kind"] == "CustomResourceDefinition"
+    assert kubectl("get", "crd", CRD, check=False).returncode != 0  # delete -f took it too
+    _ensure_crd()
+
+
+def test_helm_namespaced_scope_has_no_cluster_rights(clean_cluster: None, namespace: str) -> None:
+    """rbac.scope=namespaced: Roles in the watched namespace only, and the operator works with
+    them (helm test reconciles its TrainingJob there); other namespaces are left alone."""
+    helm("install", "kubetrain", str(REPO / "charts" / "kubetrain"), "-n", SYSTEM,
+         "--create-namespace", "--wait", "--timeout", "3m",
+         "--set", "image.pullPolicy=Never", "--set", "worker.image.pullPolicy=Never",
+         "--set", "rbac.scope=namespaced", "--set", f"watchNamespaces={{{namespace}}}")
+    assert not get_json("clusterroles,clusterrolebindings", "-l", LABEL).get("items")
+    assert [r["metadata"]["name"] for r in get_json("roles", "-n", namespace)["items"]] == [
+        "kubetrain"]
+    tested = helm("test", "kubetrain", "-n", SYSTEM, "--logs")
+    assert f"TrainingJob {namespace}/" in tested.stdout and "reconciled" in tested.stdout
+
+    # the README's upgrade: the CRD first, then the release; a new setting restarts the pod
+    before = _operator_pod()
+    kubectl("apply", "-f", str(REPO / "charts" / "kubetrain" / "crds"))
+    helm("upgrade", "kubetrain", str(REPO / "charts" / "kubetrain"), "-n", SYSTEM,
+         "--reuse-values", "--set-json", "config.timerSeconds=3", "--wait", "--timeout", "3m")
+    config = get_json("configmap", "kubetrain-config", "-n", SYSTEM)["data"]["config.yaml"]
+    assert "timerSeconds: 3" in config
+    wait_for(lambda: _operator_pod() not in (None, before), 120, "the upgraded operator pod")
+
+    # a job outside the watched namespaces gets no status from this operator
+    other = {"apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
+             "metadata": {"name": "unwatched", "namespace": SYSTEM},
+             "spec": {"dataset": {"builtin": "iris"}, "model": {"builtin": "mlp"},
+                      "storage": {"pvc": "none"}, "runPolicy": {"suspend": True}}}
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(other))
+    inside = {**other, "metadata": {"name": "watched", "namespace": namespace}}
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(inside))
+    wait_phase(namespace, "watched", ("Suspended",), timeout=60)
+    assert not get_json("trainingjob", "unwatched", "-n", SYSTEM).get("status")
+    logs = _operator_logs()
+    assert "Forbidden" not in logs and "403" not in logs, logs[-3000:]
+    kubectl("delete", "trainingjob", "unwatched", "-n", SYSTEM)
+
+    helm("uninstall", "kubetrain", "-n", SYSTEM, "--wait", "--timeout", "5m")
+    _assert_nothing_left(namespace)

@@ -11,6 +11,7 @@ from kubetrain.api.status import StageStatus, TrainingJobStatus
 from kubetrain.controller import metrics
 from kubetrain.controller.settings import load_config, parse_config, resolve_prices
 from prometheus_client import generate_latest
+from support import kubetrain
 
 
 def test_defaults_without_a_file_or_environment() -> None:
@@ -111,3 +112,20 @@ def test_metrics_exposition() -> None:
            'stage="augmentation"} 1.0' in text
     assert 'kubetrain_reconcile_errors_total{reason="ApiError"}' in text
     assert 'kubetrain_trainingjobs{phase="Suspended"}' in text  # every phase, also at 0
+
+
+def test_operator_refuses_a_bad_configuration_before_starting(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("workerImage: kubetrain-worker:1\nimagePullPolicy: Sometimes\n")
+    proc = kubetrain("operator", "--config", str(path), timeout=60)
+    assert proc.returncode == 2
+    assert f"{path} is invalid" in proc.stderr and "imagePullPolicy: must be one of" in \
+        proc.stderr
+
+
+def test_check_reports_an_operator_that_does_not_answer() -> None:
+    proc = kubetrain("check", "--health", "http://127.0.0.1:9/healthz", "--metrics",
+                     "http://127.0.0.1:9/metrics", timeout=60)
+    assert proc.returncode == 1
+    assert "FAILED: liveness endpoint http://127.0.0.1:9/healthz" in proc.stderr
+    assert "FAILED: metrics endpoint http://127.0.0.1:9/metrics" in proc.stderr

@@ -57,8 +57,14 @@ def delete_training_jobs(namespaces: list[str], timeout: float,
     Returns how many were deleted; raises TimeoutError naming those left after ``timeout``.
     """
     api = _custom()
-    jobs = _jobs(api, namespaces)
     where = ", ".join(namespaces) if namespaces else "all namespaces"
+    try:
+        jobs = _jobs(api, namespaces)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        log(f"no TrainingJob resource in {where} (the CRD is gone): nothing to delete")
+        return 0
     log(f"{len(jobs)} TrainingJob(s) in {where}")
     for namespace, name in jobs:
         try:
