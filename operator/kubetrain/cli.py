@@ -76,6 +76,8 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
     if args.config:
         os.environ[CONFIG_ENV] = str(args.config)
+    if args.namespace:  # the handlers read the namespaces from the configuration
+        os.environ["KUBETRAIN_NAMESPACES"] = ",".join(args.namespace)
     config = load_config()  # a bad configuration stops here, before kopf starts
     from .controller import handlers  # noqa: F401  (registers the handlers)
 

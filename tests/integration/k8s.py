@@ -149,13 +149,17 @@ def operator_env(namespace: str) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in ("KUBETRAIN_WORKER_IMAGE", "KUBETRAIN_DEFAULT_PVC",
                                             "KUBETRAIN_IMAGE_PULL_POLICY",
                                             "KUBETRAIN_TIMER_SECONDS",
-                                            "KUBETRAIN_DEV_SOURCE")}
+                                            "KUBETRAIN_DEV_SOURCE",
+                                            "KUBETRAIN_METRICS_PORT")}
     os.environ.update({"KUBETRAIN_WORKER_IMAGE": WORKER_IMAGE,
                        "KUBETRAIN_DEFAULT_PVC": "kubetrain-data",
                        "KUBETRAIN_IMAGE_PULL_POLICY": "Never",
                        # The code under test, mounted over the image's copy (one-node cluster).
                        "KUBETRAIN_DEV_SOURCE": str(REPO / "operator"),
-                       "KUBETRAIN_TIMER_SECONDS": "3"})
+                       "KUBETRAIN_TIMER_SECONDS": "3",
+                       # the in-process operators serve no metrics (test_install.py reads
+                       # those of the installed operator)
+                       "KUBETRAIN_METRICS_PORT": "0"})
     try:
         yield
     finally:

@@ -65,6 +65,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 30
     settings.execution.max_workers = 8
     settings.posting.level = logging.WARNING  # Events come from reconcile, not from kopf logs
+    # Watching given namespaces: no cluster-wide scans of namespaces and CRDs, which a
+    # namespaced installation (Roles only) may not do. The resources are discovered once.
+    settings.scanning.disabled = bool(current_config().namespaces)
     metrics.serve(current_config().metrics_port)
 
 
