@@ -67,15 +67,24 @@ def check_image(image: str, command: list[str], build: str) -> None:
         pytest.skip(f"the cluster has no usable {image} ({outcome}): run {build}")
 
 
+def release_training_jobs(namespace: str | None) -> None:
+    """Strip the finalizers of the TrainingJobs in ``namespace`` (None: all), for when no
+    operator is left to clear them. No CRD (an install test deleted it): nothing to do."""
+    where = ["-n", namespace] if namespace else ["-A"]
+    listed = kubectl("get", "trainingjobs", *where, "-o", "json", check=False)
+    for job in yaml.safe_load(listed.stdout)["items"] if listed.returncode == 0 else []:
+        kubectl("patch", "trainingjob", job["metadata"]["name"], "-n",
+                job["metadata"]["namespace"], "--type=merge", "-p",
+                '{"metadata":{"finalizers":[]}}', check=False)
+
+
 def _remove_stale_namespaces() -> None:
     """Namespaces an interrupted earlier run left behind: their pods hold the node's CPUs."""
     for item in get_json("namespaces").get("items", []):
         name = item["metadata"]["name"]
         if not name.startswith("kt-") or item["status"].get("phase") == "Terminating":
             continue
-        for job in get_json("trainingjobs", "-n", name).get("items", []):
-            kubectl("patch", "trainingjob", job["metadata"]["name"], "-n", name,
-                    "--type=merge", "-p", '{"metadata":{"finalizers":[]}}', check=False)
+        release_training_jobs(name)
         kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
@@ -134,11 +143,7 @@ def namespace(cluster: dict[str, str]) -> Iterator[str]:
     yield name
     # TrainingJobs first, while an operator may still clear finalizers; then strip any left.
     kubectl("delete", "trainingjobs", "--all", "-n", name, "--wait=false", check=False)
-    listed = kubectl("get", "trainingjobs", "-n", name, "-o", "json", check=False)
-    left = yaml.safe_load(listed.stdout)["items"] if listed.returncode == 0 else []  # no CRD
-    for job in left:
-        kubectl("patch", "trainingjob", job["metadata"]["name"], "-n", name, "--type=merge",
-                "-p", '{"metadata":{"finalizers":[]}}', check=False)
+    release_training_jobs(name)
     kubectl("delete", "namespace", name, "--wait=false", check=False)
     kubectl("delete", "pv", f"{name}-data", "--wait=false", check=False)
     shutil.rmtree(host, ignore_errors=True)

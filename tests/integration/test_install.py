@@ -24,6 +24,7 @@ from k8s import (
     check_image,
     get_json,
     kubectl,
+    release_training_jobs,
     wait_for,
     wait_phase,
 )
@@ -52,12 +53,7 @@ def _remove_installation() -> None:
     if kubectl("get", "deployment", "kubetrain", "-n", SYSTEM, check=False).returncode == 0:
         kubectl("delete", "trainingjobs", "--all", "-A", "--timeout=120s", check=False,
                 timeout=150)
-    listed = kubectl("get", "trainingjobs", "-A", "-o", "json", check=False)
-    jobs = json.loads(listed.stdout)["items"] if listed.returncode == 0 else []
-    for job in jobs:  # no operator is left to clear their finalizers
-        kubectl("patch", "trainingjob", job["metadata"]["name"], "-n",
-                job["metadata"]["namespace"], "--type=merge", "-p",
-                '{"metadata":{"finalizers":[]}}', check=False)
+    release_training_jobs(None)  # no operator is left to clear their finalizers
     kubectl("delete", "clusterroles,clusterrolebindings", "-l", LABEL, check=False)
     kubectl("delete", "namespace", SYSTEM, "--ignore-not-found", "--wait=false", check=False)
     wait_for(lambda: kubectl("get", "namespace", SYSTEM, check=False).returncode != 0, 180,

@@ -35,9 +35,15 @@ def _pods(namespace: str) -> list[dict[str, Any]]:
 
 def test_small_job_succeeds_with_findings_columns_and_events(namespace: str,
                                                             operator: Any) -> None:
-    apply_job(namespace, small_job("digits-small"))
+    # prices from a ConfigMap in the job's namespace (spec.findings.cost.priceConfigMap)
+    kubectl("create", "configmap", "team-prices", "-n", namespace, "--from-literal=cpuHour=0.5",
+            "--from-literal=memoryGiBHour=0.01", "--from-literal=gpuHour=3",
+            "--from-literal=currency=EUR")
+    apply_job(namespace, small_job("digits-small",
+                                   findings={"cost": {"priceConfigMap": "team-prices"}}))
     status = wait_phase(namespace, "digits-small", ("Succeeded", "Failed"), timeout=300)
     assert status["phase"] == "Succeeded", json.dumps(status)[:2000]
+    assert status["findings"]["cost"]["currency"] == "EUR"
     assert status["training"]["testMetrics"]["test_accuracy"] > 0.85
     assert status["findings"]["overfitting"]["verdict"] in ("none", "suspected", "overfitting")
     cost = status["findings"]["cost"]
@@ -64,6 +70,8 @@ INVALID = [
     ({"model": {"entrypoint": "mypkg.nets:build"}}, "spec.image"),
     ({"tuning": {"enabled": True, "searchSpace": {"learningRate": {
         "type": "float", "low": 0.1, "high": 0.01}}}}, "spec.tuning.searchSpace.learningRate"),
+    ({"findings": {"cost": {"priceConfigMap": "no-such-prices"}}},
+     "spec.findings.cost.priceConfigMap"),
 ]
 
 

@@ -66,8 +66,11 @@ TABLE = PricesSpec(cpu_hour=1.0, memory_gi_b_hour=0.1, gpu_hour=10.0, currency="
 
 def test_prices_spec_fields_then_config_map_then_table() -> None:
     assert resolve_prices(PricesSpec(), None, TABLE) == TABLE
-    from_map = resolve_prices(PricesSpec(), {"gpuHour": " 7.5 ", "currency": "GBP"}, TABLE, "p")
-    assert (from_map.cpu_hour, from_map.gpu_hour, from_map.currency) == (1.0, 7.5, "GBP")
+    from_map = resolve_prices(PricesSpec(), {"gpuHour": " 7.5 "}, TABLE, "p")
+    assert (from_map.cpu_hour, from_map.gpu_hour, from_map.currency) == (1.0, 7.5, "EUR")
+    gbp = resolve_prices(PricesSpec(), {"cpuHour": "2", "memoryGiBHour": "0.2", "gpuHour": "9",
+                                        "currency": "GBP"}, TABLE, "p")
+    assert (gbp.cpu_hour, gbp.currency) == (2.0, "GBP")
     spec = PricesSpec.model_validate({"gpuHour": 3.0})
     mixed = resolve_prices(spec, {"gpuHour": "7.5", "cpuHour": "2"}, TABLE, "p")
     assert (mixed.cpu_hour, mixed.gpu_hour, mixed.memory_gi_b_hour) == (2.0, 3.0, 0.1)
@@ -78,6 +81,8 @@ def test_bad_price_config_map_names_the_field() -> None:
         resolve_prices(PricesSpec(), {"gpu": "1"}, TABLE, "p")
     with pytest.raises(ManifestError, match=r"priceConfigMap \(p\): cpuHour"):
         resolve_prices(PricesSpec(), {"cpuHour": "cheap"}, TABLE, "p")
+    with pytest.raises(ManifestError, match="sets currency USD but not memoryGiBHour, gpuHour"):
+        resolve_prices(PricesSpec(), {"cpuHour": "1", "currency": "USD"}, TABLE, "p")
 
 
 def _status(**stages: tuple[str, str | None, str | None]) -> TrainingJobStatus:

@@ -133,6 +133,12 @@ def resolve_prices(spec_prices: PricesSpec, config_map: Mapping[str, str] | None
         if unknown:
             raise ManifestError([f"{where}: unknown keys {', '.join(unknown)}; allowed: "
                                  f"{', '.join(_PRICE_KEYS)}"])
+        missing = [k for k in _PRICE_KEYS[:3] if k not in config_map]
+        if config_map.get("currency", table.currency).strip() != table.currency and missing:
+            raise ManifestError([f"{where}: sets currency {config_map['currency'].strip()} but "
+                                 f"not {', '.join(missing)}, which would come from the "
+                                 f"operator's {table.currency} prices; set all of "
+                                 f"{', '.join(_PRICE_KEYS)}"])
         values.update({k: v.strip() for k, v in config_map.items()})
     for name in spec_prices.model_fields_set:
         field = PricesSpec.model_fields[name]
