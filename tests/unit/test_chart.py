@@ -109,11 +109,13 @@ def test_config_map_is_what_the_operator_reads() -> None:
     config = _config(render("worker.image.tag=0.1.0-cuda", "config.defaultPVC=",
                             "config.prices.gpuHour:=1.5", "config.prices.currency=EUR",
                             "watchNamespaces={ml,research}", "metrics.port=9300",
-                            "worker.image.pullPolicy=Always"))
+                            "worker.image.pullPolicy=Always",
+                            'worker.imagePullSecrets:=[{"name": "regcred"}, {"name": "b"}]'))
     assert config.worker_image == "kubetrain-worker:0.1.0-cuda"
     assert config.default_pvc is None and config.namespaces == ["ml", "research"]
     assert (config.prices.gpu_hour, config.prices.currency) == (1.5, "EUR")
     assert config.metrics_port == 9300 and config.image_pull_policy == "Always"
+    assert config.worker_settings().image_pull_secrets == ("regcred", "b")
 
 
 def test_namespaced_rbac_has_no_cluster_rights() -> None:

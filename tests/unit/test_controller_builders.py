@@ -167,6 +167,15 @@ def test_pod_volumes_shm_pvc_and_job_config_map() -> None:
     assert "emptyDir" in volumes["tmp"]
 
 
+def test_worker_image_pull_secrets_only_when_configured() -> None:
+    job = make_job()
+    (pod,) = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    assert "imagePullSecrets" not in pod["spec"]
+    private = OperatorSettings(worker_image="registry.example/w:1", image_pull_secrets=("rc",))
+    (pod,) = b.gang_pods(job, unit_of(job, "train"), private)
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "rc"}]
+
+
 def test_dataset_pvc_is_mounted_beside_the_storage_pvc() -> None:
     job = make_job(dataset={"uri": "pvc://datasets/digits/train.npz"})
     (pod,) = b.gang_pods(job, unit_of(job, "train"), SETTINGS)

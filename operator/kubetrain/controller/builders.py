@@ -39,6 +39,8 @@ class OperatorSettings:
 
     worker_image: str = "kubetrain-worker:0.1.0"
     image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    """Secrets (in the job's namespace) for pulling the worker image from a private registry."""
     default_pvc: str | None = None
     dev_source: str | None = None
     """Development only: a host folder holding the kubetrain package (the repo's operator/),
@@ -165,7 +167,9 @@ def pod_spec(job: TrainingJob, unit: WorkUnit, settings: OperatorSettings,
         environment["PYTHONPATH"] = DEV_SOURCE_MOUNT
     if unit.world_size > 1 and not unit.gpus_per_node:
         environment.setdefault("OMP_NUM_THREADS", "1")
+    pull_secrets = [{"name": name} for name in settings.image_pull_secrets]
     return {
+        **({"imagePullSecrets": pull_secrets} if pull_secrets else {}),
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,

@@ -2,6 +2,7 @@
 
     workerImage: kubetrain-worker:0.1.0   # image of every work unit's pod
     imagePullPolicy: IfNotPresent
+    imagePullSecrets: []                  # secrets (per job namespace) for the worker image
     defaultPVC: kubetrain-data            # claim for jobs without spec.storage.pvc
     namespaces: []                        # watched namespaces; empty: the whole cluster
     prices: {cpuHour: 0.0316, memoryGiBHour: 0.0042, gpuHour: 2.93, currency: USD}
@@ -51,6 +52,8 @@ class OperatorConfig(ApiModel):
     """Image of the pods that run work units."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     """Pull policy of the worker pods."""
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    """Secrets, in each job's namespace, for pulling the worker image."""
     default_pvc: str | None = Field(default=None, alias="defaultPVC")
     """PersistentVolumeClaim (in the job's namespace) for jobs without spec.storage.pvc."""
     namespaces: list[str] = Field(default_factory=list)
@@ -67,6 +70,7 @@ class OperatorConfig(ApiModel):
     def worker_settings(self) -> OperatorSettings:
         return OperatorSettings(worker_image=self.worker_image,
                                 image_pull_policy=self.image_pull_policy,
+                                image_pull_secrets=tuple(self.image_pull_secrets),
                                 default_pvc=self.default_pvc or None,
                                 dev_source=self.dev_source or None)
 
