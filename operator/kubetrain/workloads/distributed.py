@@ -56,6 +56,12 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def shutdown(ctx: DistContext) -> None:
+def shutdown(ctx: DistContext, finished: bool = True) -> None:
+    """Leave the gang. After a normal finish every rank first waits for the others: a rank
+    that tears gloo down while its peer still talks to it can make the peer abort
+    ("terminate called without an active exception", seen once in CI). After an error there is
+    no waiting, since the peers may never arrive."""
     if ctx.distributed and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()

@@ -77,9 +77,12 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
     result_path = args.result or default_result_path() or unit_dir / "result.json"
     reporter = Reporter(result_path, enabled=ctx.is_main)
     try:
-        return _train(spec, args, ctx, unit_dir, reporter, on_epoch)
-    finally:
-        shutdown(ctx)
+        result = _train(spec, args, ctx, unit_dir, reporter, on_epoch)
+    except BaseException:
+        shutdown(ctx, finished=False)
+        raise
+    shutdown(ctx)
+    return result
 
 
 def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, unit_dir: Path,
