@@ -76,7 +76,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
     if args.config:
         os.environ[CONFIG_ENV] = str(args.config)
-    if args.namespace:  # the handlers read the namespaces from the configuration
+    if args.namespace:  # -n overrides the configuration's namespaces (the handlers read them)
         os.environ["KUBETRAIN_NAMESPACES"] = ",".join(args.namespace)
     config = load_config()  # a bad configuration stops here, before kopf starts
     from .controller import handlers  # noqa: F401  (registers the handlers)
@@ -85,11 +85,10 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     if not args.verbose:  # not a line per liveness probe
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
-    namespaces = args.namespace or config.namespaces
     asyncio.run(kopf.operator(
         standalone=True,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
         liveness_endpoint=args.liveness,
     ))
     return 0

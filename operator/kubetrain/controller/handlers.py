@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from ..api.resource import GROUP, PLURAL, VERSION, ManifestError, parse_training_job
@@ -24,30 +24,12 @@ from ..api.status import TrainingJobStatus
 from ..pipeline import status as st
 from ..workloads.report import parse_event
 from . import builders as b
-from . import metrics
+from . import kube, metrics
 from .observe import Observed, pod_view
 from .reconcile import TERMINAL, Decision, reconcile
 from .settings import OperatorConfig, current_config, resolve_prices
 
 TIMER_SECONDS = current_config().timer_seconds
-_api: dict[str, Any] = {}
-
-
-def _core() -> client.CoreV1Api:
-    if "core" not in _api:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        _api["core"] = client.CoreV1Api()
-        _api["batch"] = client.BatchV1Api()
-        _api["custom"] = client.CustomObjectsApi()
-    return _api["core"]
-
-
-def _batch() -> client.BatchV1Api:
-    _core()
-    return _api["batch"]
 
 
 @kopf.on.startup()
@@ -78,12 +60,12 @@ def probe(**_: Any) -> str:
 
 def _list(kind: str, namespace: str, selector: str) -> list[Any]:
     if kind == "Pod":
-        return list(_core().list_namespaced_pod(namespace, label_selector=selector).items)
+        return list(kube.core().list_namespaced_pod(namespace, label_selector=selector).items)
     if kind == "Job":
-        return list(_batch().list_namespaced_job(namespace, label_selector=selector).items)
+        return list(kube.batch().list_namespaced_job(namespace, label_selector=selector).items)
     if kind == "Service":
-        return list(_core().list_namespaced_service(namespace, label_selector=selector).items)
-    return list(_core().list_namespaced_config_map(namespace, label_selector=selector).items)
+        return list(kube.core().list_namespaced_service(namespace, label_selector=selector).items)
+    return list(kube.core().list_namespaced_config_map(namespace, label_selector=selector).items)
 
 
 def observe(namespace: str, name: str, running_units: list[str]) -> Observed:
@@ -106,7 +88,7 @@ def observe(namespace: str, name: str, running_units: list[str]) -> Observed:
 
 def _latest_event(namespace: str, pod: str) -> dict[str, Any] | None:
     try:
-        text = _core().read_namespaced_pod_log(pod, namespace, tail_lines=40)
+        text = kube.core().read_namespaced_pod_log(pod, namespace, tail_lines=40)
     except ApiException:
         return None
     latest = None
@@ -121,13 +103,13 @@ def _create(obj: dict[str, Any], namespace: str) -> None:
     kind = obj["kind"]
     try:
         if kind == "Pod":
-            _core().create_namespaced_pod(namespace, obj)  # type: ignore[arg-type]
+            kube.core().create_namespaced_pod(namespace, obj)  # type: ignore[arg-type]
         elif kind == "Service":
-            _core().create_namespaced_service(namespace, obj)  # type: ignore[arg-type]
+            kube.core().create_namespaced_service(namespace, obj)  # type: ignore[arg-type]
         elif kind == "ConfigMap":
-            _core().create_namespaced_config_map(namespace, obj)  # type: ignore[arg-type]
+            kube.core().create_namespaced_config_map(namespace, obj)  # type: ignore[arg-type]
         elif kind == "Job":
-            _batch().create_namespaced_job(namespace, obj)  # type: ignore[arg-type]
+            kube.batch().create_namespaced_job(namespace, obj)  # type: ignore[arg-type]
     except ApiException as error:
         if error.status != 409:  # already exists: another reconcile got there first
             raise
@@ -136,11 +118,11 @@ def _create(obj: dict[str, Any], namespace: str) -> None:
 def _delete(kind: str, name: str, namespace: str) -> None:
     try:
         if kind == "Pod":
-            _core().delete_namespaced_pod(name, namespace)
+            kube.core().delete_namespaced_pod(name, namespace)
         elif kind == "Service":
-            _core().delete_namespaced_service(name, namespace)
+            kube.core().delete_namespaced_service(name, namespace)
         elif kind == "Job":
-            _batch().delete_namespaced_job(name, namespace, propagation_policy="Background")
+            kube.batch().delete_namespaced_job(name, namespace, propagation_policy="Background")
     except ApiException as error:
         if error.status != 404:
             raise
@@ -174,9 +156,8 @@ def _apply(decision: Decision, body: kopf.Body, namespace: str, name: str) -> No
 
 
 def _api_custom_delete(namespace: str, name: str) -> None:
-    _core()
     try:
-        _api["custom"].delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        kube.custom().delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     except ApiException as error:
         if error.status != 404:
             raise
@@ -214,7 +195,7 @@ def count_phase(event: kopf.RawEvent, **_: Any) -> None:
 
 def _read_prices_config_map(namespace: str, name: str) -> dict[str, str]:
     try:
-        config_map = _core().read_namespaced_config_map(name, namespace)
+        config_map = kube.core().read_namespaced_config_map(name, namespace)
     except ApiException as error:
         if error.status == 404:
             raise ManifestError([f"spec.findings.cost.priceConfigMap: ConfigMap {name!r} not "

@@ -18,18 +18,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from ..api.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
-
-
-def _custom() -> client.CustomObjectsApi:
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.CustomObjectsApi()
+from . import kube
 
 
 def _jobs(api: client.CustomObjectsApi, namespaces: list[str]) -> list[tuple[str, str]]:
@@ -56,7 +49,7 @@ def delete_training_jobs(namespaces: list[str], timeout: float,
 
     Returns how many were deleted; raises TimeoutError naming those left after ``timeout``.
     """
-    api = _custom()
+    api = kube.custom()
     where = ", ".join(namespaces) if namespaces else "all namespaces"
     try:
         jobs = _jobs(api, namespaces)
@@ -119,7 +112,7 @@ def check_installation(health_url: str, metrics_url: str | None, namespace: str 
 
 def _check_reconcile(namespace: str, timeout: float, log: Callable[[str], None]) -> list[str]:
     """A suspended TrainingJob must reach phase Suspended, then be deleted cleanly."""
-    api = _custom()
+    api = kube.custom()
     name = f"kubetrain-check-{uuid.uuid4().hex[:6]}"
     body: dict[str, Any] = {
         "apiVersion": API_VERSION, "kind": KIND,

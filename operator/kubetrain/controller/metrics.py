@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import datetime
 from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -24,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..api.status import Phase, TrainingJobStatus
+from .observe import parse_time
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 PHASES: tuple[str, ...] = get_args(Phase)
@@ -77,10 +77,9 @@ RECONCILE_SECONDS = Histogram(
 
 
 def _seconds(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
+    begin, finish = parse_time(start), parse_time(end)
+    if begin is None or finish is None:
         return None
-    begin = datetime.fromisoformat(start.replace("Z", "+00:00"))
-    finish = datetime.fromisoformat(end.replace("Z", "+00:00"))
     return max(0.0, (finish - begin).total_seconds())
 
 

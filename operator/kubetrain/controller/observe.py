@@ -61,7 +61,8 @@ class Observed:
         return sorted((p for p in self.pods if p.unit == unit), key=lambda p: (p.rank, p.name))
 
 
-def _time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
+    """A Kubernetes timestamp ("2026-01-01T00:00:00Z") as a datetime; None stays None."""
     if value is None or isinstance(value, datetime):
         return value
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
@@ -73,13 +74,13 @@ def pod_view(pod: dict[str, Any]) -> PodView:
     lab = meta.get("labels") or {}
     status = pod.get("status") or {}
     terminated: dict[str, Any] = {}
-    started = _time(status.get("startTime"))
+    started = parse_time(status.get("startTime"))
     for container in status.get("containerStatuses") or []:
         state = container.get("state") or {}
         if state.get("terminated"):
             terminated = state["terminated"]
         elif state.get("running"):
-            started = _time(state["running"].get("startedAt")) or started
+            started = parse_time(state["running"].get("startedAt")) or started
     return PodView(
         name=meta.get("name", ""),
         unit=lab.get(LABEL_UNIT, ""),
@@ -91,7 +92,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         exit_code=terminated.get("exitCode"),
         reason=terminated.get("reason"),
         message=terminated.get("message"),
-        started=_time(terminated.get("startedAt")) or started,
-        finished=_time(terminated.get("finishedAt")),
-        created=_time(meta.get("creationTimestamp")),
+        started=parse_time(terminated.get("startedAt")) or started,
+        finished=parse_time(terminated.get("finishedAt")),
+        created=parse_time(meta.get("creationTimestamp")),
     )

@@ -17,7 +17,7 @@ from ..pipeline import status as st
 from ..pipeline.plan import Plan, Stage, WorkUnit, plan
 from . import builders as b
 from .findings import finish_findings
-from .observe import Observed, PodView
+from .observe import Observed, PodView, parse_time
 from .validate import semantic_problems
 
 TERMINAL = ("Succeeded", "Failed")
@@ -355,8 +355,8 @@ class _Reconciler:
         deadline = self.spec.run_policy.active_deadline_seconds
         if not deadline or not self.status.start_time:
             return False
-        started = datetime.fromisoformat(self.status.start_time.replace("Z", "+00:00"))
-        return (self.now - started).total_seconds() > deadline
+        started = parse_time(self.status.start_time)
+        return started is not None and (self.now - started).total_seconds() > deadline
 
     def _stop_all(self) -> None:
         for pod in self.observed.pods:
@@ -401,8 +401,8 @@ class _Reconciler:
         ttl = self.spec.run_policy.ttl_seconds_after_finished
         if ttl is None or not self.status.completion_time:
             return
-        finished = datetime.fromisoformat(self.status.completion_time.replace("Z", "+00:00"))
-        if (self.now - finished).total_seconds() >= ttl:
+        finished = parse_time(self.status.completion_time)
+        if finished is not None and (self.now - finished).total_seconds() >= ttl:
             self.decision.delete_job = True
 
 
