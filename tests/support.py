@@ -61,3 +61,13 @@ def kubetrain(*args: str, timeout: float = 600, **kwargs: Any) -> subprocess.Com
         [sys.executable, "-m", "kubetrain.cli", *args],
         capture_output=True, text=True, timeout=timeout, **kwargs,
     )
+
+
+def helm(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The helm binary (see tool()); check: fail with helm's output when it fails."""
+    binary = tool("helm")
+    assert binary is not None, "helm not found"
+    result = subprocess.run([binary, *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result

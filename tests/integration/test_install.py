@@ -12,7 +12,6 @@ defaults; only the pull policy is Never, so a missing image fails fast instead o
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,22 +27,13 @@ from k8s import (
     wait_for,
     wait_phase,
 )
-from support import tool
+from support import helm, tool
 
 SYSTEM = "kubetrain-system"  # the plain manifests' namespace; the Helm release's here too
 OPERATOR_IMAGE = WORKER_IMAGE.replace("worker", "operator")
 HELM = tool("helm")
 LABEL = "app.kubernetes.io/part-of=kubetrain"
 CRD = "trainingjobs.kubetrain.io"
-
-
-def helm(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[
-        str]:
-    assert HELM is not None
-    result = subprocess.run([HELM, *args], capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def _remove_installation() -> None:

@@ -15,18 +15,12 @@ from typing import Any
 import pytest
 import yaml
 from kubetrain.controller.settings import parse_config
-from support import REPO, tool
+from support import REPO, helm, tool
 
 CHART = REPO / "charts" / "kubetrain"
 HELM = tool("helm")
 pytestmark = pytest.mark.skipif(HELM is None, reason="helm not found (hack/local-cluster.sh up "
                                 "installs it)")
-
-
-def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    assert HELM is not None
-    return subprocess.run([HELM, *args], capture_output=True, text=True, check=check,
-                          timeout=60)
 
 
 def render(*sets: str, namespace: str = "kubetrain-system") -> list[dict[str, Any]]:
