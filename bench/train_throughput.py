@@ -51,7 +51,7 @@ from kubetrain.api.spec import TrainingJobSpec
 from kubetrain.data import Standardizer, load_dataset, split_dataset
 from kubetrain.models import build_model
 from kubetrain.workloads.distributed import DistContext
-from kubetrain.workloads.report import Reporter
+from kubetrain.report import Reporter
 from kubetrain.workloads.train import _to_tensors
 from kubetrain.workloads.trainer import TensorSplit, Trainer
 from torch import nn

@@ -22,7 +22,7 @@ from kubetrain.augment import store as st
 from kubetrain.data import kfold_splits, load_dataset, split_dataset
 from kubetrain.workloads import augment as unit
 from kubetrain.workloads import train as train_unit
-from kubetrain.workloads.report import parse_event
+from kubetrain.report import parse_event
 from support import base_manifest
 
 SCARCE_DIGITS = {"builtin": "digits", "fraction": 0.1, "seed": 0}
@@ -407,7 +407,7 @@ def test_trainer_mixes_batches_only_when_asked(tmp_path: Path, write_manifest: A
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from kubetrain.models import build_model
     from kubetrain.workloads.distributed import DistContext
-    from kubetrain.workloads.report import Reporter
+    from kubetrain.report import Reporter
     from kubetrain.workloads.trainer import TensorSplit, Trainer
 
     calls: list[float] = []

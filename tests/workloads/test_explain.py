@@ -21,7 +21,7 @@ import yaml
 from kubetrain.data import Standardizer
 from kubetrain.explain import TrainedModel, expected_gradients, explain, summarize
 from kubetrain.workloads import explain as explain_unit
-from kubetrain.workloads.report import MAX_RESULT_BYTES, parse_event
+from kubetrain.report import MAX_RESULT_BYTES, parse_event
 from torch import nn
 
 INFORMATIVE = {"f0", "f1", "f2"}

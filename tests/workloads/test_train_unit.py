@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubetrain.workloads.report import MAX_RESULT_BYTES, parse_event
+from kubetrain.report import MAX_RESULT_BYTES, parse_event
 from support import base_manifest
 
 

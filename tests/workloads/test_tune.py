@@ -19,7 +19,7 @@ from kubetrain.api.spec import TrainingJobSpec
 from kubetrain.pipeline.params import apply_params
 from kubetrain.tuning import space as sp
 from kubetrain.tuning import study as st
-from kubetrain.workloads.report import MAX_RESULT_BYTES, parse_event
+from kubetrain.report import MAX_RESULT_BYTES, parse_event
 from kubetrain.workloads.tune import target_trials
 from pydantic import ValidationError
 from support import base_manifest

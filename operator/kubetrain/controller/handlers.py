@@ -22,7 +22,7 @@ from kubernetes.client.rest import ApiException
 from ..api.resource import GROUP, PLURAL, VERSION, ManifestError, parse_training_job
 from ..api.status import TrainingJobStatus
 from ..pipeline import status as st
-from ..workloads.report import parse_event
+from ..report import parse_event
 from . import builders as b
 from . import kube, metrics
 from .observe import Observed, pod_view

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..workloads.report import write_json_atomic
+from ..report import write_json_atomic
 from . import plots
 from .analysis import Summary, build_analysis, build_local
 from .model import ExplainData, TrainedModel

@@ -25,7 +25,7 @@ from ..models import ModelError, build_model
 from ..pipeline import status as st
 from ..pipeline.plan import Plan, Stage, WorkUnit, plan
 from ..tuning.study import TUNING_DIR
-from ..workloads.report import read_result
+from ..report import read_result
 from .artifacts import plot_loss_curve, write_report
 from .display import Display
 from .process import UnitProcess, command_for

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..pipeline.plan import WorkUnit
-from ..workloads.report import parse_event
+from ..report import parse_event
 
 
 def command_for(unit: WorkUnit, extra_args: list[str]) -> list[str]:

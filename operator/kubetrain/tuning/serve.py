@@ -18,7 +18,7 @@ from types import FrameType
 import optuna
 
 from ..api import load_training_job
-from ..workloads.report import Reporter
+from ..report import Reporter
 from .study import create_study_once, journal_path, open_storage
 
 

@@ -31,7 +31,7 @@ from ..explain import (
     write_outputs,
 )
 from .args import add_common_arguments
-from .report import MAX_RESULT_BYTES, Reporter, default_result_path
+from ..report import MAX_RESULT_BYTES, Reporter, default_result_path
 
 COMPLETENESS_WARNING = 0.05
 """A completeness error above this fraction is reported as a warning."""

@@ -29,7 +29,7 @@ from ..pipeline.params import apply_params
 from . import checkpoint as ckpt
 from .args import add_common_arguments
 from .distributed import DistContext, init_distributed, shutdown
-from .report import Reporter, default_result_path, write_json_atomic
+from ..report import Reporter, default_result_path, write_json_atomic
 from .trainer import EpochCallback, TensorSplit, Trainer
 
 MODEL_FILE = "model.pt"

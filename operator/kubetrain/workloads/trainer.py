@@ -26,7 +26,7 @@ from ..augment.mix import BatchMixer, batch_mixer
 from ..findings.overfitting import should_stop_for_overfitting
 from . import checkpoint as ckpt
 from .distributed import DistContext, all_reduce_sum
-from .report import Reporter
+from ..report import Reporter
 
 OVERFITTING_STOP = "overfitting detected (findings.overfitting.action: stop)"
 EpochCallback = Callable[[dict[str, float]], bool]

@@ -33,7 +33,7 @@ from ..tuning.space import decode_params, distributions
 from ..tuning.study import TUNING_DIR, load_study, open_storage, state_name, trial_epochs
 from . import train
 from .args import add_common_arguments
-from .report import Reporter, default_result_path
+from ..report import Reporter, default_result_path
 
 PARENT_ENV = "KUBETRAIN_SWEEP_PID"
 """Set by the local sweep driver: the trial ends with it (no orphaned trainings)."""

@@ -50,7 +50,7 @@ from ..tuning.study import (
     tuning_dir,
 )
 from .args import add_common_arguments
-from .report import Reporter, default_result_path, parse_event, write_json_atomic
+from ..report import Reporter, default_result_path, parse_event, write_json_atomic
 from .trial import PARENT_ENV
 
 UNIT = "tune"
