@@ -29,6 +29,7 @@ from k8s import (
 )
 from support import helm, tool
 
+pytestmark = pytest.mark.cluster
 SYSTEM = "kubetrain-system"  # the plain manifests' namespace; the Helm release's here too
 OPERATOR_IMAGE = WORKER_IMAGE.replace("worker", "operator")
 HELM = tool("helm")
@@ -82,8 +83,7 @@ def _run_digits(namespace: str) -> dict[str, Any]:
         "augmentation": "Succeeded", "tuning": "Succeeded", "training": "Succeeded",
         "explanation": "Succeeded"}
     findings = status["findings"]
-    assert findings["overfitting"]["verdict"] in ("none", "overfitting", "underfitting",
-                                                  "diverging")
+    assert findings["overfitting"]["verdict"] == "none"  # as test_operator.py and the README
     assert findings["cost"]["total"] > 0 and findings["cost"]["currency"] == "USD"
     assert status["training"]["testMetrics"]["test_accuracy"] > 0.9
     return status

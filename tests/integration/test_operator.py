@@ -45,7 +45,7 @@ def test_small_job_succeeds_with_findings_columns_and_events(namespace: str,
     assert status["phase"] == "Succeeded", json.dumps(status)[:2000]
     assert status["findings"]["cost"]["currency"] == "EUR"
     assert status["training"]["testMetrics"]["test_accuracy"] > 0.85
-    assert status["findings"]["overfitting"]["verdict"] in ("none", "suspected", "overfitting")
+    assert status["findings"]["overfitting"]["verdict"] == "none"  # seeded: gap 0.02 < 0.1
     cost = status["findings"]["cost"]
     assert cost["total"] > 0 and cost["byStage"]["training"]["seconds"] > 0
     unit = status["stages"]["training"]["units"]["train"]
