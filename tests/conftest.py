@@ -1,12 +1,27 @@
-"""Fixtures shared by the tests; helpers are in support.py."""
+"""Fixtures and hooks shared by the tests; helpers are in support.py.
+
+Cluster tests (marked ``cluster``) skip with the reason where no cluster or image is usable.
+With ``KUBETRAIN_REQUIRE_CLUSTER=1`` (set by ``.ci/run`` when CI has a cluster) such a skip is a
+failure instead. Every run ends with a line that says how many cluster tests ran and passed.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+REQUIRE_CLUSTER_VAR = "KUBETRAIN_REQUIRE_CLUSTER"
+# nodeid -> "passed" | "failed" | "xfailed" | "skipped" | "required" (a skip made a failure)
+_cluster_outcomes: dict[str, str] = {}
+_cluster_ran: set[str] = set()
+
+
+def _require_cluster() -> bool:
+    return os.environ.get(REQUIRE_CLUSTER_VAR, "") not in ("", "0")
 
 
 @pytest.fixture
@@ -17,3 +32,65 @@ def write_manifest(tmp_path: Path) -> Any:
         return path
 
     return write
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the ``cluster`` fixture is a cluster test, marked or not."""
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()) and not item.get_closest_marker(
+                "cluster"):
+            item.add_marker(pytest.mark.cluster)
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    if item.get_closest_marker("cluster") is None:
+        return
+    report: pytest.TestReport = outcome.get_result()
+    if report.when == "call" and not (report.skipped and not hasattr(report, "wasxfail")):
+        _cluster_ran.add(item.nodeid)
+    previous = _cluster_outcomes.get(item.nodeid)
+    if report.failed:
+        _cluster_outcomes[item.nodeid] = "failed"
+    elif hasattr(report, "wasxfail"):
+        _cluster_outcomes[item.nodeid] = "xfailed"
+    elif report.skipped:
+        if _require_cluster():
+            reason = _skip_reason(report)
+            report.outcome = "failed"
+            report.longrepr = (f"cluster test skipped, which {REQUIRE_CLUSTER_VAR}=1 makes a "
+                               f"failure: {reason}")
+            report.user_properties.append(("kubetrain_required_cluster", True))
+            _cluster_outcomes[item.nodeid] = "required"
+        else:
+            _cluster_outcomes[item.nodeid] = "skipped"
+    elif previous is None:
+        _cluster_outcomes[item.nodeid] = "passed"
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
+    """A required cluster test that skipped shows as FAILED (not as a setup ERROR)."""
+    if report.failed and ("kubetrain_required_cluster", True) in report.user_properties:
+        return "failed", "F", "FAILED"
+    return None
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
+                            config: pytest.Config) -> None:
+    outcomes = list(_cluster_outcomes.values())
+    skipped = outcomes.count("skipped") + outcomes.count("required")
+    line = (f"cluster tests: {len(_cluster_ran)} ran, {outcomes.count('passed')} passed, "
+            f"{outcomes.count('failed')} failed, {skipped} skipped")
+    if outcomes.count("xfailed"):
+        line += f", {outcomes.count('xfailed')} xfailed"
+    if _require_cluster():
+        line += f" ({REQUIRE_CLUSTER_VAR}=1: a skipped cluster test fails the run)"
+    terminalreporter.write_line(line, bold=True)
