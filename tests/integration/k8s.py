@@ -2,8 +2,9 @@
 
 Cluster: $KUBECONFIG, else the machine's local cluster (/var/lib/localk8s/env, as started by
 hack/local-cluster.sh or ../shared/localk8s/up.sh). Worker image: built and loaded by
-hack/build-images.sh. Without either, these tests are skipped with the reason; `.ci/run`
-starts the cluster and builds the images so that CI runs them.
+hack/build-images.sh. `make test` starts (or finds) the cluster and builds the images that are
+missing or stale (hack/test-cluster.sh). Without either, these tests are skipped with the reason;
+with KUBETRAIN_REQUIRE_CLUSTER=1 (.ci/run on CI with a cluster) such a skip fails (conftest.py).
 """
 
 from __future__ import annotations

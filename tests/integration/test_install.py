@@ -4,7 +4,7 @@ Helm: `helm install`, `kubectl apply -f examples/digits.yaml` until Succeeded wi
 the metrics, `helm test`, `helm uninstall`, and nothing of kubetrain left. Then the same with
 `kubectl apply -f manifests/` and `kubectl delete -f manifests/`.
 
-Both images must be in the cluster and current (`.ci/run` runs hack/build-images.sh, which
+Both images must be in the cluster and current (`make test` runs hack/build-images.sh, which
 rebuilds an image whose sources changed). The operator runs from its image with the chart's
 defaults; only the pull policy is Never, so a missing image fails fast instead of pulling.
 """
