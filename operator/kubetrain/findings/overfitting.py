@@ -3,7 +3,7 @@
 The history is a sequence of per-epoch mappings such as
 ``{"epoch": 7, "train_loss": 0.21, "val_loss": 0.34, "val_accuracy": 0.91, "lr": 1e-3}``.
 
-Compared with SageMaker Debugger's Overfit/Overtraining rules (the anchor in DESIGN.md), every
+Compared with SageMaker Debugger's Overfit/Overtraining rules (docs/design.md, Findings), every
 rule here must hold for ``patience`` consecutive evaluations ending at the last epoch, so one
 noisy evaluation never fires, and every threshold is *relative*, so the same spec works for a
 cross-entropy near 0.1 and a regression MSE near 1000.
