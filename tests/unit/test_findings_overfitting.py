@@ -496,3 +496,13 @@ def test_validation_loss_creeping_down_by_less_than_min_delta_counts_as_stalled(
     val_improving = [1.0, 0.6, 0.5] + [0.5 * 0.98**i for i in range(1, 8)]
     finding = analyze_overfitting(make_history(train, val_improving), spec)
     assert "trend" not in finding.rules
+
+
+def test_disabled_early_stopping_keeps_its_monitor_out_of_the_best_epoch() -> None:
+    """With earlyStopping off, the trainer keeps val_loss's best: so does the finding."""
+    history = make_history(
+        [1.0, 0.8, 0.7, 0.6], [1.0, 0.5, 0.55, 0.6], val_accuracy=[0.5, 0.8, 0.9, 0.85]
+    )
+    disabled = make_spec(training={"earlyStopping": {"enabled": False,
+                                                     "monitor": "val_accuracy"}})
+    assert analyze_overfitting(history, disabled).best_epoch == 2

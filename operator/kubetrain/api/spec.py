@@ -13,9 +13,26 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from .base import ApiModel
+from .metrics import (
+    DEFAULT_METRIC,
+    Direction,
+    Metric,
+    Task,
+    direction_of,
+    headline_metric,
+    task_of_metric,
+)
 from .quantity import CPU_PATTERN, MEMORY_PATTERN
 
-BUILTIN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
+# The task of each built-in dataset, which `task: auto` takes without reading the data.
+BUILTIN_TASKS: dict[str, Task] = {
+    "digits": "classification",
+    "breast_cancer": "classification",
+    "wine": "classification",
+    "iris": "classification",
+    "diabetes": "regression",
+}
+BUILTIN_DATASETS = tuple(BUILTIN_TASKS)
 # A Kubernetes object name (DNS-1123 subdomain, without the length limit).
 OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
@@ -97,6 +114,14 @@ class DatasetSpec(ApiModel):
     @property
     def resolved_format(self) -> str | None:
         return self.format or (infer_format(self.uri) if self.uri else None)
+
+    @property
+    def declared_task(self) -> Task | None:
+        """The task known before the data is read: ``task`` when set, else the built-in
+        dataset's; None for ``task: auto`` on a ``uri`` (the target's values decide)."""
+        if self.task != "auto":
+            return self.task
+        return BUILTIN_TASKS[self.builtin] if self.builtin is not None else None
 
 
 def infer_format(uri: str) -> str | None:
@@ -216,7 +241,7 @@ class EarlyStoppingSpec(ApiModel):
 
     enabled: bool = True
     """Set false to keep the section but switch early stopping off."""
-    monitor: Literal["val_loss", "val_accuracy", "val_rmse"] = "val_loss"
+    monitor: Metric = DEFAULT_METRIC
     """The validation metric to watch; accuracy is maximized, loss and rmse minimized."""
     patience: int = Field(default=5, ge=1, le=1000)
     """Epochs without improvement before stopping."""
@@ -363,9 +388,9 @@ TUNABLE_PREFIX_MODEL = "model."
 class ObjectiveSpec(ApiModel):
     """The validation metric the sweep optimizes, and in which direction."""
 
-    metric: Literal["val_loss", "val_accuracy", "val_rmse"] = "val_loss"
+    metric: Metric = DEFAULT_METRIC
     """The validation metric each trial reports."""
-    direction: Literal["minimize", "maximize"] = "minimize"
+    direction: Direction = "minimize"
     """maximize for val_accuracy; minimize for val_loss and val_rmse."""
 
 
@@ -414,7 +439,7 @@ class TuningSpec(ApiModel):
                         f"required by the grid sampler for a {dim.type} dimension "
                         "(or use another sampler: random, tpe, cmaes, gp)",
                     )
-        expected = "maximize" if self.objective.metric == "val_accuracy" else "minimize"
+        expected = direction_of(self.objective.metric)
         if self.objective.direction != expected:
             raise FieldProblem(
                 "objective.direction", f"must be {expected} for {self.objective.metric}"
@@ -533,33 +558,20 @@ class TrainingJobSpec(ApiModel):
 
     @model_validator(mode="after")
     def _cross_section(self) -> TrainingJobSpec:
+        task = self.dataset.declared_task
         es = self.training.early_stopping
-        regression = self.dataset.builtin == "diabetes" or self.dataset.task == "regression"
-        classification = self.dataset.task == "classification" or (
-            self.dataset.builtin is not None and not regression
-        )
+        checked: list[tuple[str, Metric]] = []
         if es is not None and es.enabled:
-            if regression and es.monitor == "val_accuracy":
-                raise FieldProblem(
-                    "training.earlyStopping.monitor",
-                    "val_accuracy needs a classification dataset; use val_loss or val_rmse",
-                )
-            if classification and es.monitor == "val_rmse":
-                raise FieldProblem(
-                    "training.earlyStopping.monitor",
-                    "val_rmse needs a regression dataset; use val_loss or val_accuracy",
-                )
+            checked.append(("training.earlyStopping.monitor", es.monitor))
         if self.tuning.enabled:
-            metric = self.tuning.objective.metric
-            if regression and metric == "val_accuracy":
+            checked.append(("tuning.objective.metric", self.tuning.objective.metric))
+        for field, metric in checked:
+            needs = task_of_metric(metric)
+            if task is not None and needs not in (None, task):
                 raise FieldProblem(
-                    "tuning.objective.metric",
-                    "val_accuracy needs a classification dataset; use val_loss or val_rmse",
-                )
-            if classification and metric == "val_rmse":
-                raise FieldProblem(
-                    "tuning.objective.metric",
-                    "val_rmse needs a regression dataset; use val_loss or val_accuracy",
+                    field,
+                    f"{metric} needs a {needs} dataset; use {DEFAULT_METRIC} or "
+                    f"{headline_metric(task)}",
                 )
         if self.training.cross_validation and self.training.resources.nodes > 1:
             raise FieldProblem(

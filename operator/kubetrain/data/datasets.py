@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..api.metrics import Task
 from ..api.spec import DatasetSpec
 
-Task = Literal["classification", "regression"]
 Kind = Literal["tabular", "image"]
 
 # auto task: integer / bool targets with at most this many distinct values are classes.
@@ -66,7 +66,8 @@ def load_dataset(
     ``data_root`` is where pods mount persistent volume claims (``pvc://claim/path``).
     """
     if spec.builtin is not None:
-        return _load_builtin(spec.builtin, spec.task)
+        # A built-in's task is the spec's (BUILTIN_TASKS), not inferred from its target.
+        return _load_builtin(spec.builtin, spec.declared_task or spec.task)
     assert spec.uri is not None  # the spec guarantees exactly one source
     path = resolve_uri(spec.uri, base_dir=base_dir, data_root=data_root)
     fmt = spec.resolved_format

@@ -16,7 +16,6 @@ from .cost import (
 from .overfitting import (
     analyze_overfitting,
     best_epoch,
-    monitored_metric,
     should_stop_for_overfitting,
 )
 
@@ -26,7 +25,6 @@ __all__ = [
     "best_epoch",
     "budget_exceeded",
     "hourly_rate",
-    "monitored_metric",
     "should_stop_for_overfitting",
     "stage_cost",
     "summarize_cost",

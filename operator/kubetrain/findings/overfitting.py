@@ -38,14 +38,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from kubetrain.api.metrics import DEFAULT_METRIC, is_maximized, monitored_metric
 from kubetrain.api.spec import OverfittingSpec, TrainingJobSpec
 from kubetrain.api.status import OverfittingFinding, Verdict
 
 # Floor of the training loss in the gap's denominator: a loss of exactly 0 (memorized data)
 # must give a huge gap, not a ZeroDivisionError.
 _TINY_LOSS = 1e-8
-# Metrics where larger is better; every other monitored metric is minimized.
-_MAXIMIZED = frozenset({"val_accuracy"})
 # The rules that make up the overfitting verdict, in the order they are reported.
 _OVERFIT_RULES = ("gap", "trend", "diverging")
 
@@ -138,19 +137,15 @@ def _gap(train_loss: float, val_loss: float) -> float:
     return (val_loss - train_loss) / max(train_loss, _TINY_LOSS)
 
 
-def monitored_metric(spec: TrainingJobSpec) -> str:
-    """The metric that defines the best epoch: early stopping's monitor if set, else val_loss."""
-    es = spec.training.early_stopping
-    return es.monitor if es is not None else "val_loss"
-
-
-def best_epoch(history: Sequence[Mapping[str, float]], monitor: str = "val_loss") -> int | None:
+def best_epoch(
+    history: Sequence[Mapping[str, float]], monitor: str = DEFAULT_METRIC
+) -> int | None:
     """The epoch with the best finite ``monitor`` value, or None when there is none.
 
     Accuracy is maximized, losses and RMSE are minimized. On a tie the earliest epoch wins: later
     epochs that only match the best cost more and generalize no better.
     """
-    maximize = monitor in _MAXIMIZED
+    maximize = is_maximized(monitor)
     best: tuple[float, int] | None = None
     for index, row in enumerate(history):
         value = _number(row, monitor)
@@ -284,13 +279,6 @@ def _model_size_recommendation(spec: TrainingJobSpec) -> str:
     return f"reduce model size: halve {' or '.join(parts)}"
 
 
-def _is_classification(spec: TrainingJobSpec) -> bool:
-    data = spec.dataset
-    if data.task != "auto":
-        return data.task == "classification"
-    return data.builtin is not None and data.builtin != "diabetes"
-
-
 def _overfitting_recommendations(spec: TrainingJobSpec, best: int | None) -> list[str]:
     """Regularization and validation changes, most effective first, skipping what is set."""
     training = spec.training
@@ -315,7 +303,7 @@ def _overfitting_recommendations(spec: TrainingJobSpec, best: int | None) -> lis
         recs.append("set training.dropout to 0.2 to 0.5")
     if training.weight_decay == 0:
         recs.append("set training.weightDecay (e.g. 1e-4 to 1e-2)")
-    if training.label_smoothing == 0 and _is_classification(spec):
+    if training.label_smoothing == 0 and spec.dataset.declared_task == "classification":
         recs.append("set training.labelSmoothing to 0.1")
     recs.append(_model_size_recommendation(spec))
     if training.cross_validation is None:
@@ -394,7 +382,7 @@ def analyze_overfitting(
     monitor = monitored_metric(spec)
     if not any(_is_finite(_number(row, monitor)) for row in history):
         # The monitor was not logged (e.g. val_accuracy on a custom script): fall back to the loss.
-        monitor = "val_loss"
+        monitor = DEFAULT_METRIC
     best = best_epoch(history, monitor)
     last = epochs[-1]
     last_point = last.point()

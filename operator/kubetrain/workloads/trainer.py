@@ -21,12 +21,13 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..api.metrics import is_maximized, monitored_metric
 from ..api.spec import TrainingJobSpec
 from ..augment.mix import BatchMixer, batch_mixer
 from ..findings.overfitting import should_stop_for_overfitting
+from ..report import Reporter
 from . import checkpoint as ckpt
 from .distributed import DistContext, all_reduce_sum
-from ..report import Reporter
 
 OVERFITTING_STOP = "overfitting detected (findings.overfitting.action: stop)"
 EpochCallback = Callable[[dict[str, float]], bool]
@@ -54,10 +55,6 @@ class FitResult:
     samples_per_second: float
     train_seconds: float
     epoch_seconds: list[float] = field(default_factory=list)
-
-
-def monitor_mode(metric: str) -> str:
-    return "max" if metric.endswith("accuracy") else "min"
 
 
 def improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
@@ -159,9 +156,8 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_cuda
                                            and self.cfg.precision == "fp16")
-        es = self.cfg.early_stopping
-        self.monitor = es.monitor if es and es.enabled else "val_loss"
-        self.mode = monitor_mode(self.monitor)
+        self.monitor = monitored_metric(spec)
+        self.mode = "max" if is_maximized(self.monitor) else "min"
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         # Decay weights, not biases and norms: the usual practice, and what users expect of
