@@ -115,7 +115,8 @@ def write_report(job: TrainingJob, history: Sequence[Mapping[str, float]], path:
         if condition.type in ("Failed", "BudgetExceeded") and condition.status == "True":
             lines += [f"**{condition.type}** ({condition.reason}): {condition.message}", ""]
     lines += ["## Stages", ""]
-    lines += _table([(n, s.phase, ", ".join(s.jobs), s.message) for n, s in status.stages.items()],
+    lines += _table([(n, s.phase, ", ".join(s.jobs), s.message or "")
+                     for n, s in status.stages.items()],
                     ["stage", "phase", "work units", "message"])
     lines += _augmentation_section(status)
     lines += _tuning_section(status, trials)
