@@ -1,4 +1,4 @@
-"""The reporting protocol (``kubetrain.report``) shared by every work unit, in a pod or as a local process.
+"""The reporting protocol (``kubetrain.report``) of every work unit, in a pod or a local process.
 
 - progress: one JSON object per line on stdout, tagged ``{"kubetrain": 1, "event": ...}``;
   other stdout lines are ordinary logs. The executor (local, or the operator reading pod logs)

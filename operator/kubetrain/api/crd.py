@@ -121,7 +121,8 @@ def _structural(raw: dict[str, Any], defs: dict[str, Any], path: str) -> dict[st
         out["enum"] = [node["const"]]
     for key in _COPIED:
         if key in node:
-            out[key] = node[key]
+            # A copy: an enum shared by two fields would otherwise be dumped as a YAML alias.
+            out[key] = list(node[key]) if isinstance(node[key], list) else node[key]
     for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
         if bound in node:
             if limit in node:

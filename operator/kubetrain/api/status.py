@@ -2,23 +2,70 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import Field
 
 from .base import StatusModel
 
-Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
-StagePhase = Literal["Pending", "Running", "Succeeded", "Failed", "Skipped", "NotAvailable"]
-Verdict = Literal["none", "suspected", "overfitting"]
 
-# The closed set of condition reasons: dashboards and alerts can rely on them.
-CONDITION_REASONS = (
-    "Planned", "StageRunning", "StageSucceeded", "StageFailed", "StageNotAvailable",
-    "AllStagesSucceeded", "InvalidSpec", "WorkUnitFailed", "Interrupted", "BudgetExceeded",
-    "OverfittingDetected", "OverfittingSuspected", "NoOverfitting", "DeadlineExceeded",
-    "BackoffLimitExceeded", "Suspended", "ReconcileError",
-)
+class Phase(StrEnum):
+    """The job's phase."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class StagePhase(StrEnum):
+    """The phase of a stage, or of one work unit."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+    NOT_AVAILABLE = "NotAvailable"
+
+    @property
+    def finished(self) -> bool:
+        return self in (StagePhase.SUCCEEDED, StagePhase.FAILED, StagePhase.SKIPPED,
+                        StagePhase.NOT_AVAILABLE)
+
+
+class Reason(StrEnum):
+    """The closed set of condition reasons: dashboards and alerts can rely on them."""
+
+    PLANNED = "Planned"
+    STAGE_RUNNING = "StageRunning"
+    STAGE_SUCCEEDED = "StageSucceeded"
+    STAGE_FAILED = "StageFailed"
+    STAGE_NOT_AVAILABLE = "StageNotAvailable"
+    ALL_STAGES_SUCCEEDED = "AllStagesSucceeded"
+    INVALID_SPEC = "InvalidSpec"
+    WORK_UNIT_FAILED = "WorkUnitFailed"
+    INTERRUPTED = "Interrupted"
+    BUDGET_EXCEEDED = "BudgetExceeded"
+    OVERFITTING_DETECTED = "OverfittingDetected"
+    OVERFITTING_SUSPECTED = "OverfittingSuspected"
+    NO_OVERFITTING = "NoOverfitting"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    RECONCILE_ERROR = "ReconcileError"
+
+
+CONDITION_REASONS = tuple(r.value for r in Reason)
+
+Verdict = Literal["none", "suspected", "overfitting"]
 
 
 class Condition(StatusModel):
@@ -34,15 +81,27 @@ class Condition(StatusModel):
 
 
 class UnitStatus(StatusModel):
-    """One work unit of a stage on Kubernetes: its pods' outcome and its result summary."""
+    """One work unit of a stage (its pods, or its local process group): outcome and result."""
 
-    phase: StagePhase = "Pending"
+    phase: StagePhase = StagePhase.PENDING
+    attempt: int = 0
+    """The unit's current launch: raised for every restart, and when a suspend or a lost pod
+    interrupted it; children of older attempts are stopped, never counted."""
     restarts: int = 0
     """Times the unit's pods (a training gang: all of them) were recreated after a failure."""
     start_time: str | None = None
     completion_time: str | None = None
     seconds: float | None = None
-    """Pod-seconds: the sum over the unit's pods of finish - start, for cost."""
+    """Wall seconds the unit held its requested resources (every attempt), for cost."""
+    prior_seconds: float = 0.0
+    """Seconds of the unit's earlier, ended attempts (part of seconds)."""
+    cost: float | None = None
+    """What the unit's requested resources cost for those seconds."""
+    message: str | None = None
+    """Why the unit failed, or was replaced (a trial lost with its pod)."""
+    replaced: bool = False
+    """A trial cut short from outside (its pod deleted or evicted, a suspend): failed in the
+    study, not counted, and replaced by a new trial."""
     result: dict[str, Any] = Field(default_factory=dict)
     """The unit's result summary (its termination message), without bulky lists."""
 
@@ -50,7 +109,7 @@ class UnitStatus(StatusModel):
 class StageStatus(StatusModel):
     """One stage of the pipeline."""
 
-    phase: StagePhase = "Pending"
+    phase: StagePhase = StagePhase.PENDING
     start_time: str | None = None
     completion_time: str | None = None
     jobs: list[str] = Field(default_factory=list)
@@ -200,7 +259,7 @@ class Findings(StatusModel):
 class TrainingJobStatus(StatusModel):
     """What the job did, found and cost; written by the operator (or the local executor)."""
 
-    phase: Phase = "Pending"
+    phase: Phase = Phase.PENDING
     """Pending, Running, Succeeded, Failed or Suspended."""
     current_stage: str | None = None
     """The stage running now (augmentation, tuning, training, explanation); unset when done."""

@@ -7,25 +7,23 @@ object that already exists is success, never a duplicate.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
-from ..api.quantity import parse_cpu, parse_memory_gib
 from ..api.resource import API_VERSION, KIND, TrainingJob
-from ..pipeline.plan import WorkUnit
+from ..pipeline.plan import STUDY_PORT, STUDY_UNIT, WorkUnit
 
 LABEL_JOB = "kubetrain.io/job"
 LABEL_STAGE = "kubetrain.io/stage"
 LABEL_UNIT = "kubetrain.io/unit"
 LABEL_RANK = "kubetrain.io/rank"
 LABEL_ROLE = "kubetrain.io/role"
+LABEL_ATTEMPT = "kubetrain.io/attempt"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 MASTER_PORT = 29500
-STUDY_PORT = 13000
 JOB_MOUNT = "/etc/kubetrain"
 DATA_MOUNT = "/data"
 DEV_SOURCE_MOUNT = "/opt/kubetrain-dev"
@@ -34,7 +32,7 @@ WORKER_UID = 1000
 
 
 @dataclass(frozen=True)
-class OperatorSettings:
+class WorkerSettings:
     """What the operator's configuration adds to every job (defaults for what specs omit)."""
 
     worker_image: str = "kubetrain-worker:0.1.0"
@@ -57,11 +55,11 @@ def child_name(job: str, *parts: str) -> str:
     return name
 
 
-def storage_claim(job: TrainingJob, settings: OperatorSettings) -> str | None:
+def storage_claim(job: TrainingJob, settings: WorkerSettings) -> str | None:
     return job.spec.storage.pvc or settings.default_pvc
 
 
-def storage_dir(job: TrainingJob, settings: OperatorSettings) -> str:
+def storage_dir(job: TrainingJob, settings: WorkerSettings) -> str:
     """The job's folder inside its PVC, as the pods see it."""
     claim = storage_claim(job, settings)
     sub = job.spec.storage.path or f"kubetrain/{job.metadata.namespace or 'default'}/" \
@@ -123,8 +121,7 @@ def _resources(unit: WorkUnit) -> dict[str, Any]:
     return {"requests": requests, "limits": limits}
 
 
-def unit_command(unit: WorkUnit, storage: str, extra_args: list[str],
-                 master: str | None = None) -> list[str]:
+def unit_command(unit: WorkUnit, storage: str, extra_args: list[str]) -> list[str]:
     """The container command: the work unit's module, under torchrun for a DDP gang."""
     module = ["-m", unit.module, *unit.args, "--job", f"{JOB_MOUNT}/job.yaml",
               "--storage", storage, "--base-dir", DATA_MOUNT, "--data-root", DATA_MOUNT,
@@ -136,11 +133,10 @@ def unit_command(unit: WorkUnit, storage: str, extra_args: list[str],
                 f"--nproc-per-node={unit.nproc_per_node}", "--max-restarts=0", *module]
     # torchrun reads PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR and
     # PET_MASTER_PORT from the environment (set in the pod spec).
-    del master
     return ["python", "-m", "torch.distributed.run", "--max-restarts=0", *module]
 
 
-def pod_spec(job: TrainingJob, unit: WorkUnit, settings: OperatorSettings,
+def pod_spec(job: TrainingJob, unit: WorkUnit, settings: WorkerSettings,
              command: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     """A hardened pod for a work unit: no API token, non-root, no capabilities."""
     claims = [c for c in [storage_claim(job, settings), *dataset_claims(job)] if c]
@@ -194,28 +190,23 @@ def pod_spec(job: TrainingJob, unit: WorkUnit, settings: OperatorSettings,
     }
 
 
-def batch_job(job: TrainingJob, unit: WorkUnit, settings: OperatorSettings,
-              extra_args: list[str] | None = None) -> dict[str, Any]:
-    """A one-pod Job for a single-process unit (augmentation shard, merge, explanation)."""
-    name = child_name(job.metadata.name, unit.name)
-    command = unit_command(unit, storage_dir(job, settings), extra_args or [])
-    lab = labels(job, unit)
-    return {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": _metadata(job, name, lab),
-        "spec": {
-            "backoffLimit": job.spec.run_policy.backoff_limit,
-            "template": {"metadata": {"labels": lab},
-                         "spec": pod_spec(job, unit, settings, command)},
-        },
-    }
+def study_address(job: TrainingJob) -> str:
+    """The sweep's study server, as trial and summary pods reach it (its Service)."""
+    return f"{child_name(job.metadata.name, STUDY_UNIT)}:{STUDY_PORT}"
 
 
-def gang_pods(job: TrainingJob, unit: WorkUnit, settings: OperatorSettings,
-              extra_args: list[str] | None = None) -> list[dict[str, Any]]:
-    """One pod per node rank of a training unit, with the torchrun environment."""
+def unit_pods(job: TrainingJob, unit: WorkUnit, attempt: int, settings: WorkerSettings,
+              extra_args: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """One pod per node rank of a unit, labelled with the attempt it belongs to.
+
+    Every unit is bare pods (restartPolicy Never), so that one place, the stage engine, decides
+    retries for all of them; a training gang of several nodes gets the torchrun environment.
+    The study server restarts in place (restartPolicy Always): it replays its journal.
+    """
     service = child_name(job.metadata.name, unit.name)
     namespace = job.metadata.namespace or "default"
+    args = [*extra_args, *(("--study-server", study_address(job)) if unit.study_client else ())]
+    command = unit_command(unit, storage_dir(job, settings), args)
     pods = []
     for rank in range(unit.nodes):
         env = {}
@@ -224,118 +215,42 @@ def gang_pods(job: TrainingJob, unit: WorkUnit, settings: OperatorSettings,
                    "PET_NODE_RANK": str(rank),
                    "PET_MASTER_ADDR": f"{service}.{namespace}.svc",
                    "PET_MASTER_PORT": str(MASTER_PORT)}
-        command = unit_command(unit, storage_dir(job, settings), extra_args or [])
-        lab = labels(job, unit, **{LABEL_RANK: str(rank)})
+        extra = {LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt), LABEL_ROLE: unit.kind}
+        lab = labels(job, unit, **extra)
         spec = pod_spec(job, unit, settings, command, env)
-        spec["hostname"] = child_name(job.metadata.name, unit.name, str(rank))
-        spec["subdomain"] = f"{service}-workers"
+        if unit.service:
+            spec["restartPolicy"] = "Always"
+        if unit.nodes > 1:
+            spec["hostname"] = child_name(job.metadata.name, unit.name, str(rank))
+            spec["subdomain"] = f"{service}-workers"
+        name = child_name(job.metadata.name, unit.name, str(rank)) if unit.nodes > 1 or \
+            unit.stage == "training" else child_name(job.metadata.name, unit.name)
         pods.append({"apiVersion": "v1", "kind": "Pod",
-                     "metadata": _metadata(job, child_name(job.metadata.name, unit.name,
-                                                           str(rank)), lab),
-                     "spec": spec})
+                     "metadata": _metadata(job, name, lab), "spec": spec})
     return pods
 
 
-def gang_services(job: TrainingJob, unit: WorkUnit) -> list[dict[str, Any]]:
-    """The gang's headless Service (peer names), and the rendezvous Service on rank 0.
-
-    torchrun only needs the master's address; a ClusterIP Service on rank 0 works on every
-    cluster, including ones without pod DNS records.
-    """
+def unit_services(job: TrainingJob, unit: WorkUnit) -> list[dict[str, Any]]:
+    """Services a unit needs: a multi-node gang's peers and master; the study server's."""
     base = child_name(job.metadata.name, unit.name)
     selector = {LABEL_JOB: job.metadata.name, LABEL_UNIT: unit.name}
+    if unit.kind == "study":
+        return [{"apiVersion": "v1", "kind": "Service",
+                 "metadata": _metadata(job, base, labels(job, unit)),
+                 "spec": {"selector": selector,
+                          "ports": [{"name": "grpc", "port": STUDY_PORT, "protocol": "TCP"}]}}]
+    if unit.nodes == 1:
+        return []
+    # torchrun only needs the master's address; a ClusterIP Service on rank 0 works on every
+    # cluster, including ones without pod DNS records.
     headless = {"apiVersion": "v1", "kind": "Service",
                 "metadata": _metadata(job, f"{base}-workers", labels(job, unit)),
                 "spec": {"clusterIP": "None", "selector": selector,
                          "publishNotReadyAddresses": True,
-                         "ports": [{"name": "c10d", "port": MASTER_PORT}]}}
+                         "ports": [{"name": "c10d", "port": MASTER_PORT, "protocol": "TCP"}]}}
     master = {"apiVersion": "v1", "kind": "Service",
               "metadata": _metadata(job, base, labels(job, unit)),
               "spec": {"selector": {**selector, LABEL_RANK: "0"},
                        "publishNotReadyAddresses": True,
-                       "ports": [{"name": "c10d", "port": MASTER_PORT}]}}
+                       "ports": [{"name": "c10d", "port": MASTER_PORT, "protocol": "TCP"}]}}
     return [headless, master]
-
-
-def params_args(params: dict[str, Any] | None) -> list[str]:
-    return ["--params", json.dumps(params)] if params else []
-
-
-# ----- the tuning stage: a study server, trial pods, a summary Job ------------------------------
-
-STUDY_UNIT = "study"
-SUMMARY_UNIT = "tune-summary"
-
-
-def study_address(job: TrainingJob) -> str:
-    return f"{child_name(job.metadata.name, STUDY_UNIT)}:{STUDY_PORT}"
-
-
-def _tuning_unit(job: TrainingJob, name: str, module: str, args: tuple[str, ...],
-                 cpu: float, memory_gib: float, gpus: int = 0) -> WorkUnit:
-    return WorkUnit(name=name, stage="tuning", module=module, args=args, cpu=cpu,
-                    memory_gib=memory_gib, gpus_per_node=gpus)
-
-
-def tuning_work_unit(job: TrainingJob, name: str) -> WorkUnit | None:
-    """The work unit behind a tuning child on Kubernetes: study, trial-N or tune-summary."""
-    if name == STUDY_UNIT:
-        return _tuning_unit(job, STUDY_UNIT, "kubetrain.tuning.serve",
-                            ("--port", str(STUDY_PORT)), cpu=0.25, memory_gib=0.5)
-    if name == SUMMARY_UNIT:
-        return _tuning_unit(job, SUMMARY_UNIT, "kubetrain.workloads.tune",
-                            ("--summarize", "--study-server", study_address(job)),
-                            cpu=0.25, memory_gib=0.5)
-    if name.startswith("trial-") and name[len("trial-"):].isdigit():
-        index = int(name[len("trial-"):])
-        res = job.spec.training.resources
-        return _tuning_unit(
-            job, name, "kubetrain.workloads.trial",
-            ("--study", job.metadata.name, "--study-server", study_address(job),
-             # Pods that start together must not draw the same random points.
-             "--sampler-seed", str(job.spec.dataset.seed * 1000 + index)),
-            # A trial is one training process: its share of a node's requests.
-            cpu=max(0.1, parse_cpu(res.cpu) / res.workers_per_node),
-            memory_gib=max(0.25, parse_memory_gib(res.memory) / res.workers_per_node),
-            gpus=min(res.gpus_per_node, 1))
-    return None
-
-
-def study_server(job: TrainingJob, settings: OperatorSettings) -> list[dict[str, Any]]:
-    """The pod that serves the study (Optuna's gRPC proxy over the journal) and its Service.
-
-    The server creates the study before serving, so trial pods never race to create it; it
-    restarts in place if it dies, and replays the journal: the study outlives every pod.
-    """
-    unit = tuning_work_unit(job, STUDY_UNIT)
-    assert unit is not None
-    name = child_name(job.metadata.name, STUDY_UNIT)
-    lab = labels(job, unit, **{LABEL_ROLE: "study-server"})
-    spec = pod_spec(job, unit, settings, unit_command(unit, storage_dir(job, settings), []))
-    spec["restartPolicy"] = "Always"
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": _metadata(job, name, lab),
-           "spec": spec}
-    service = {"apiVersion": "v1", "kind": "Service",
-               "metadata": _metadata(job, name, labels(job, unit)),
-               "spec": {"selector": {LABEL_JOB: job.metadata.name,
-                                     LABEL_ROLE: "study-server"},
-                        "ports": [{"name": "grpc", "port": STUDY_PORT}]}}
-    return [pod, service]
-
-
-def trial_pod(job: TrainingJob, settings: OperatorSettings, index: int) -> dict[str, Any]:
-    """One trial in its own pod, with the training stage's requests (one process)."""
-    unit = tuning_work_unit(job, f"trial-{index}")
-    assert unit is not None
-    name = child_name(job.metadata.name, unit.name)
-    lab = labels(job, unit, **{LABEL_ROLE: "trial"})
-    spec = pod_spec(job, unit, settings, unit_command(unit, storage_dir(job, settings), []))
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": _metadata(job, name, lab),
-            "spec": spec}
-
-
-def tuning_summary_job(job: TrainingJob, settings: OperatorSettings) -> dict[str, Any]:
-    """After the last trial: fail trials whose pods died, and report the sweep's summary."""
-    unit = tuning_work_unit(job, SUMMARY_UNIT)
-    assert unit is not None
-    return batch_job(job, unit, settings)

@@ -20,13 +20,13 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from ..api.resource import GROUP, PLURAL, VERSION, ManifestError, parse_training_job
-from ..api.status import TrainingJobStatus
+from ..api.status import Phase, Reason, StagePhase, TrainingJobStatus
 from ..pipeline import status as st
 from ..report import parse_event
 from . import builders as b
 from . import kube, metrics
 from .observe import Observed, pod_view
-from .reconcile import TERMINAL, Decision, reconcile
+from .reconcile import Decision, reconcile
 from .settings import OperatorConfig, current_config, resolve_prices
 
 TIMER_SECONDS = current_config().timer_seconds
@@ -61,8 +61,6 @@ def probe(**_: Any) -> str:
 def _list(kind: str, namespace: str, selector: str) -> list[Any]:
     if kind == "Pod":
         return list(kube.core().list_namespaced_pod(namespace, label_selector=selector).items)
-    if kind == "Job":
-        return list(kube.batch().list_namespaced_job(namespace, label_selector=selector).items)
     if kind == "Service":
         return list(kube.core().list_namespaced_service(namespace, label_selector=selector).items)
     return list(kube.core().list_namespaced_config_map(namespace, label_selector=selector).items)
@@ -76,7 +74,6 @@ def observe(namespace: str, name: str, running_units: list[str]) -> Observed:
             for p in _list("Pod", namespace, selector)]
     observed = Observed(
         pods=pods,
-        jobs={j.metadata.name for j in _list("Job", namespace, selector)},
         services={s.metadata.name for s in _list("Service", namespace, selector)},
         config_maps={c.metadata.name for c in _list("ConfigMap", namespace, selector)},
     )
@@ -115,14 +112,12 @@ def _create(obj: dict[str, Any], namespace: str) -> None:
             raise
 
 
-def _delete(kind: str, name: str, namespace: str) -> None:
+def _delete(kind: str, name: str, namespace: str, grace: int) -> None:
     try:
         if kind == "Pod":
-            kube.core().delete_namespaced_pod(name, namespace)
+            kube.core().delete_namespaced_pod(name, namespace, grace_period_seconds=grace)
         elif kind == "Service":
             kube.core().delete_namespaced_service(name, namespace)
-        elif kind == "Job":
-            kube.batch().delete_namespaced_job(name, namespace, propagation_policy="Background")
     except ApiException as error:
         if error.status != 404:
             raise
@@ -147,10 +142,10 @@ def _status_patch(status: TrainingJobStatus) -> dict[str, Any]:
 def _apply(decision: Decision, body: kopf.Body, namespace: str, name: str) -> None:
     for obj in decision.create:
         _create(obj, namespace)
-    for kind, child in decision.delete:
-        _delete(kind, child, namespace)
-    for kind, reason, message in decision.events:
-        kopf.event(body, type=kind, reason=reason, message=message[:1000])
+    for kind, child, grace in decision.delete:
+        _delete(kind, child, namespace, grace)
+    for event in decision.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1000])
     if decision.delete_job:
         _api_custom_delete(namespace, name)
 
@@ -163,18 +158,18 @@ def _api_custom_delete(namespace: str, name: str) -> None:
             raise
 
 
-def _running_units(status: dict[str, Any]) -> list[str]:
-    units = []
-    for stage in (status.get("stages") or {}).values():
-        for unit, state in (stage.get("units") or {}).items():
-            if state.get("phase") == "Running":
-                units.append(unit)
-    return units
+def _reporting_units(status: TrainingJobStatus | None) -> list[str]:
+    """Running units whose live progress the status shows: the final training (epochs), a
+    sweep run inside one unit (Ray Tune)."""
+    if status is None:
+        return []
+    return [name for stage in status.stages.values() for name, unit in stage.units.items()
+            if unit.phase == StagePhase.RUNNING and name in ("train", "tune")]
 
 
 def _is_active(body: kopf.Body, **_: Any) -> bool:
     status = body.get("status") or {}
-    if status.get("phase") not in TERMINAL:
+    if status.get("phase") not in (Phase.SUCCEEDED, Phase.FAILED):
         return True
     return (body.get("spec") or {}).get("runPolicy", {}).get("ttlSecondsAfterFinished") \
         is not None
@@ -249,9 +244,9 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str) ->
         status = TrainingJobStatus.model_validate(dict(body.get("status") or {}))
         message = "; ".join(error.problems)
         at = st.timestamp(now)
-        st.set_condition(status, "Invalid", "True", "InvalidSpec", message, at)
-        if status.phase not in TERMINAL:
-            st.finish_job(status, "Failed", "InvalidSpec", message, at)
+        st.set_condition(status, "Invalid", "True", Reason.INVALID_SPEC, message, at)
+        if not Phase(status.phase).terminal:
+            st.finish_job(status, Phase.FAILED, Reason.INVALID_SPEC, message, at)
             kopf.event(body, type="Warning", reason="InvalidSpec", message=message[:1000])
         patch.status.update(_status_patch(status))
         return
@@ -264,13 +259,13 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str) ->
         job.status = TrainingJobStatus.model_validate(raw_status)
     before = job.status.model_copy(deep=True) if job.status is not None else None
     try:
-        observed = observe(namespace, name, _running_units(raw_status))
+        observed = observe(namespace, name, _reporting_units(job.status))
         decision = reconcile(job, observed, config.worker_settings(), now)
         _apply(decision, body, namespace, name)
     except ApiException as error:
         metrics.RECONCILE_ERRORS.labels(reason="ApiError").inc()
         status = job.status or TrainingJobStatus()
-        st.set_condition(status, "ReconcileError", "True", "ReconcileError",
+        st.set_condition(status, "ReconcileError", "True", Reason.RECONCILE_ERROR,
                          f"API error {error.status}: {error.reason}", st.timestamp(now))
         patch.status.update(_status_patch(status))
         raise kopf.TemporaryError(f"API error {error.status}: {error.reason}", delay=10) \

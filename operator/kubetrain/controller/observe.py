@@ -1,7 +1,8 @@
 """What the operator sees of a TrainingJob's children, reduced to plain values.
 
-The handler lists the children by label and turns them into these views; the reconcile
-decision (reconcile.py) reads only the views, so it is a pure function tested without a cluster.
+The handler lists the children by label and turns them into these views; ``observations``
+turns the pods of each work unit into the stage engine's :class:`Observation`, so the reconcile
+decision (reconcile.py) is a pure function tested without a cluster.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .builders import LABEL_RANK, LABEL_ROLE, LABEL_STAGE, LABEL_UNIT
+from ..pipeline.actions import Observation, Seen
+from ..pipeline.plan import Plan
+from .builders import LABEL_ATTEMPT, LABEL_RANK, LABEL_ROLE, LABEL_STAGE, LABEL_UNIT
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class PodView:
     rank: int
     role: str
     phase: str  # Pending, Running, Succeeded, Failed, Unknown
+    attempt: int = 0
     deleting: bool = False
     exit_code: int | None = None
     reason: str | None = None
@@ -51,7 +55,6 @@ class Observed:
     """The children of one TrainingJob, and the latest progress read from pod logs."""
 
     pods: list[PodView] = field(default_factory=list)
-    jobs: set[str] = field(default_factory=set)
     services: set[str] = field(default_factory=set)
     config_maps: set[str] = field(default_factory=set)
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -88,6 +91,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         rank=int(lab.get(LABEL_RANK, "0")),
         role=lab.get(LABEL_ROLE, "worker"),
         phase=status.get("phase", "Pending"),
+        attempt=int(lab.get(LABEL_ATTEMPT, "0")),
         deleting=meta.get("deletionTimestamp") is not None,
         exit_code=terminated.get("exitCode"),
         reason=terminated.get("reason"),
@@ -96,3 +100,46 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         finished=parse_time(terminated.get("finishedAt")),
         created=parse_time(meta.get("creationTimestamp")),
     )
+
+
+def _seconds(pods: list[PodView], now: datetime) -> float:
+    """Wall seconds the gang has held its resources: its longest-running pod."""
+    spans = [((p.finished or now) - start).total_seconds()
+             for p in pods if (start := p.started or p.created) is not None]
+    return max(0.0, max(spans, default=0.0))
+
+
+def unit_observation(pods: list[PodView], nodes: int, now: datetime,
+                     progress: dict[str, Any] | None = None) -> Observation:
+    """The engine's view of one unit from its pods (those of its latest attempt)."""
+    if not pods:
+        return Observation(Seen.NOT_STARTED)
+    attempt = max(p.attempt for p in pods)
+    current = sorted((p for p in pods if p.attempt == attempt), key=lambda p: p.rank)
+    seconds = _seconds(current, now)
+    failed = [p for p in current if p.phase == "Failed"]
+    if any(p.deleting for p in current):
+        return Observation(Seen.STOPPING, attempt, seconds)
+    if failed:
+        pod = failed[0]
+        return Observation(Seen.FAILED, attempt, seconds, result=pod.result,
+                           exit_code=pod.exit_code, reason=pod.reason,
+                           output=None if pod.result else pod.message)
+    if len(current) < nodes:
+        return Observation(Seen.LOST, attempt, seconds)
+    if all(p.phase == "Succeeded" for p in current):
+        return Observation(Seen.SUCCEEDED, attempt, seconds, result=current[0].result)
+    return Observation(Seen.RUNNING, attempt, seconds, progress=progress)
+
+
+def observations(observed: Observed, plan: Plan, now: datetime) -> dict[str, Observation]:
+    """Every unit with children, as the engine reads them."""
+    by_unit: dict[str, list[PodView]] = {}
+    for pod in observed.pods:
+        by_unit.setdefault(pod.unit, []).append(pod)
+    result = {}
+    for name, pods in by_unit.items():
+        unit = plan.unit(name)
+        result[name] = unit_observation(pods, unit.nodes if unit else 1, now,
+                                        observed.progress.get(name))
+    return result

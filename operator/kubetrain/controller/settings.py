@@ -31,7 +31,7 @@ from .. import __version__
 from ..api.base import ApiModel
 from ..api.resource import ManifestError, format_validation_error
 from ..api.spec import PricesSpec
-from .builders import OperatorSettings
+from .builders import WorkerSettings
 
 CONFIG_ENV = "KUBETRAIN_CONFIG"
 _ENV = {
@@ -67,8 +67,8 @@ class OperatorConfig(ApiModel):
     dev_source: str | None = None
     """Development only: host folder with the package, mounted into worker pods."""
 
-    def worker_settings(self) -> OperatorSettings:
-        return OperatorSettings(worker_image=self.worker_image,
+    def worker_settings(self) -> WorkerSettings:
+        return WorkerSettings(worker_image=self.worker_image,
                                 image_pull_policy=self.image_pull_policy,
                                 image_pull_secrets=tuple(self.image_pull_secrets),
                                 default_pvc=self.default_pvc or None,

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from ..api.resource import TrainingJob
 from ..api.spec import NAME_PATTERN
-from .builders import OperatorSettings, storage_claim
+from .builders import WorkerSettings, storage_claim
 
 # The longest child name suffix the operator adds: the headless Service of a two-digit
 # cross-validation fold ("-fold-19-workers"), longer than "-augment-merge" or "-fold-19-0".
 LONGEST_SUFFIX = len("-fold-19-workers")
 
 
-def semantic_problems(job: TrainingJob, settings: OperatorSettings) -> list[str]:
+def semantic_problems(job: TrainingJob, settings: WorkerSettings) -> list[str]:
     spec = job.spec
     problems = []
     if storage_claim(job, settings) is None:
@@ -31,8 +31,6 @@ def semantic_problems(job: TrainingJob, settings: OperatorSettings) -> list[str]
     if len(job.metadata.name) + LONGEST_SUFFIX > 63:
         problems.append(f"metadata.name: at most {63 - LONGEST_SUFFIX} characters, so that "
                         "the names of its pods and Services fit in 63")
-    if spec.training.command:
-        problems.append("spec.training.command: custom script mode is not available yet")
     if spec.model.entrypoint and not spec.image:
         problems.append("spec.image: a model.entrypoint needs a worker image that contains "
                         "your module")

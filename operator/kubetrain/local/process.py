@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..pipeline.actions import Observation, Seen
 from ..pipeline.plan import WorkUnit
-from ..report import parse_event
+from ..report import parse_event, read_result
+
+Line = tuple["UnitProcess", dict[str, Any] | None]
+"""(process, event) from a unit's stdout; event None when the process exited."""
 
 
 def command_for(unit: WorkUnit, extra_args: list[str]) -> list[str]:
@@ -32,28 +37,34 @@ def command_for(unit: WorkUnit, extra_args: list[str]) -> list[str]:
 
 
 class UnitProcess:
-    """A running work unit. Its stdout carries events; its stderr goes to a log file."""
+    """A running work unit. Its stdout carries events (to ``lines``); the rest goes to a log."""
 
-    def __init__(self, unit: WorkUnit, command: list[str], log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(self, unit: WorkUnit, attempt: int, command: list[str], log_path: Path,
+                 result_path: Path, lines: queue.Queue[Line]) -> None:
         self.unit = unit
+        self.attempt = attempt
         self.log_path = log_path
+        self.result_path = result_path
+        result_path.unlink(missing_ok=True)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("a")
-        environment = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-        # Two DDP workers on a 2-core machine must not each start a thread per core.
-        if unit.world_size > 1:
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Workers side by side on a small machine must not each start a thread per core.
+        if unit.world_size > 1 or unit.kind in ("trial", "augment-shard"):
             environment.setdefault("OMP_NUM_THREADS", "1")
         self.started = time.time()
+        self.finished: float | None = None
+        self.progress: dict[str, Any] | None = None
+        self.stop_deadline: float | None = None
         # Its own session: Ctrl-C in the terminal reaches us, and we stop the whole group.
         self.proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
             env=environment, start_new_session=True,
         )
-        self.finished: float | None = None
+        self._lines = lines
+        threading.Thread(target=self._read, daemon=True).start()
 
-    def events(self) -> Iterator[dict[str, Any]]:
-        """Events as they arrive; other stdout lines are copied to the log."""
+    def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             event = parse_event(line)
@@ -61,35 +72,44 @@ class UnitProcess:
                 self._log.write(line)
                 self._log.flush()
             else:
-                yield event
-
-    def wait(self) -> int:
-        code = self.proc.wait()
-        self.finished = self.finished or time.time()
+                if event.get("event") in ("epoch", "trial"):
+                    self.progress = event
+                self._lines.put((self, event))
+        self.proc.wait()
+        self.finished = time.time()
         self._log.close()
-        return code
+        self._lines.put((self, None))
+
+    @property
+    def alive(self) -> bool:
+        return self.finished is None
 
     @property
     def seconds(self) -> float:
         return (self.finished or time.time()) - self.started
 
-    def terminate(self, grace: float = 15.0) -> None:
-        """SIGTERM to the group (the trainer checkpoints and exits), SIGKILL after grace."""
-        if self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            self.kill()
+    def observation(self) -> Observation:
+        if self.alive:
+            state = Seen.STOPPING if self.stop_deadline is not None else Seen.RUNNING
+            return Observation(state, self.attempt, self.seconds, progress=self.progress)
+        code = self.proc.returncode
+        return Observation(Seen.SUCCEEDED if code == 0 else Seen.FAILED, self.attempt,
+                           self.seconds, progress=self.progress,
+                           result=read_result(self.result_path), exit_code=code,
+                           output=self.log_tail(3))
 
-    def kill(self) -> None:
+    def terminate(self, grace: float) -> None:
+        """SIGTERM to the group (the trainer checkpoints and exits); SIGKILL after grace."""
+        if not self.alive or self.stop_deadline is not None:
+            return
+        self.stop_deadline = time.time() + grace
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+            os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def kill_if_overdue(self) -> None:
+        if self.alive and self.stop_deadline is not None and time.time() > self.stop_deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
     def log_tail(self, lines: int = 15) -> str:
         try:

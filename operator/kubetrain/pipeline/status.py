@@ -11,6 +11,12 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from ..api.results import (
+    AugmentationResult,
+    ExplanationResult,
+    TrainingResult,
+    TuningResult,
+)
 from ..api.spec import TrainingJobSpec
 from ..api.status import (
     AugmentationStatus,
@@ -20,6 +26,9 @@ from ..api.status import (
     ExplanationFinding,
     FeatureAttribution,
     OverfittingFinding,
+    Phase,
+    Reason,
+    StagePhase,
     StageStatus,
     TrainingJobStatus,
     TrainingStatus,
@@ -35,7 +44,7 @@ def timestamp(when: datetime | None = None) -> str:
     return (when or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def set_condition(status: TrainingJobStatus, type_: str, state: str, reason: str,
+def set_condition(status: TrainingJobStatus, type_: str, state: str, reason: Reason,
                   message: str, at: str) -> None:
     """Add or update a condition; lastTransitionTime moves only when the state changes."""
     for condition in status.conditions:
@@ -56,18 +65,22 @@ def stage_status(status: TrainingJobStatus, stage: str) -> StageStatus:
 
 def start_stage(status: TrainingJobStatus, stage: str, units: Sequence[str], at: str) -> None:
     st = stage_status(status, stage)
-    st.phase, st.start_time, st.jobs = "Running", st.start_time or at, list(units)
+    st.phase, st.start_time, st.jobs = StagePhase.RUNNING, st.start_time or at, list(units)
     status.current_stage = stage
-    set_condition(status, "Running", "True", "StageRunning", f"stage {stage} is running", at)
+    set_condition(status, "Running", "True", Reason.STAGE_RUNNING, f"stage {stage} is running",
+                  at)
 
 
-def finish_stage(status: TrainingJobStatus, stage: str, phase: str, message: str,
+def finish_stage(status: TrainingJobStatus, stage: str, phase: StagePhase, message: str,
                  at: str) -> None:
     st = stage_status(status, stage)
-    st.phase, st.completion_time, st.message = phase, at, message  # type: ignore[assignment]
-    if phase == "Succeeded":
-        set_condition(status, f"{stage.capitalize()}Complete", "True", "StageSucceeded",
+    st.phase, st.completion_time, st.message = phase, at, message
+    if phase == StagePhase.SUCCEEDED:
+        set_condition(status, f"{stage.capitalize()}Complete", "True", Reason.STAGE_SUCCEEDED,
                       message, at)
+    elif phase == StagePhase.NOT_AVAILABLE:
+        set_condition(status, f"{stage.capitalize()}Complete", "False",
+                      Reason.STAGE_NOT_AVAILABLE, message, at)
 
 
 def _metrics(source: Mapping[str, Any]) -> dict[str, float]:
@@ -86,20 +99,20 @@ def apply_epoch_event(status: TrainingJobStatus, event: Mapping[str, Any]) -> No
     status.progress = f"{training.epoch}/{training.epochs} epochs"
 
 
-def apply_training_result(status: TrainingJobStatus, summary: Mapping[str, Any]) -> None:
-    """The final state of training from the main unit's result summary."""
+def apply_training_result(status: TrainingJobStatus, result: TrainingResult) -> None:
+    """The final state of training from the main unit's result."""
     training = status.training or TrainingStatus()
-    training.epoch = int(summary.get("epochs_run") or training.epoch)
-    training.epochs = int(summary.get("epochs") or training.epochs)
-    training.best_epoch = summary.get("best_epoch")
-    training.metrics = _metrics(summary.get("final_metrics") or {})
-    training.best_metrics = _metrics(summary.get("best_metrics") or {})
-    training.test_metrics = {k: float(v) for k, v in (summary.get("test_metrics") or {}).items()}
-    training.stopped_early = bool(summary.get("stopped_early"))
-    training.stop_reason = summary.get("stop_reason")
-    training.checkpoint = summary.get("checkpoint")
-    training.resumed_from_epoch = summary.get("resumed_from_epoch")
-    training.samples_per_second = summary.get("samples_per_second")
+    training.epoch = result.epochs_run or training.epoch
+    training.epochs = result.epochs or training.epochs
+    training.best_epoch = result.best_epoch
+    training.metrics = _metrics(result.final_metrics)
+    training.best_metrics = _metrics(result.best_metrics)
+    training.test_metrics = dict(result.test_metrics)
+    training.stopped_early = result.stopped_early
+    training.stop_reason = result.stop_reason
+    training.checkpoint = result.checkpoint
+    training.resumed_from_epoch = result.resumed_from_epoch
+    training.samples_per_second = result.samples_per_second
     status.training = training
     status.best = best_summary(training)
     # A short run can finish between two observations: progress comes from the result too.
@@ -116,10 +129,10 @@ def best_summary(training: TrainingStatus) -> str | None:
     return None
 
 
-def cross_validation_summary(results: Sequence[Mapping[str, Any]],
+def cross_validation_summary(results: Sequence[TrainingResult],
                              metric: str) -> CrossValidationStatus:
     """Mean ± std of each fold's best validation metric."""
-    values = [float(r["best_metrics"][metric]) for r in results]
+    values = [float(r.best_metrics[metric]) for r in results if metric in r.best_metrics]
     return CrossValidationStatus(
         folds=len(values), metric=metric, mean=statistics.fmean(values),
         std=statistics.pstdev(values) if len(values) > 1 else 0.0, values=values,
@@ -133,37 +146,35 @@ def headline_metric(task: str) -> str:
 def apply_overfitting(status: TrainingJobStatus, finding: OverfittingFinding, at: str) -> None:
     status.findings.overfitting = finding
     if finding.verdict == "overfitting":
-        reason = "OverfittingDetected"
+        reason = Reason.OVERFITTING_DETECTED
     elif finding.verdict == "suspected":
-        reason = "OverfittingSuspected"
+        reason = Reason.OVERFITTING_SUSPECTED
     else:
-        reason = "NoOverfitting"
+        reason = Reason.NO_OVERFITTING
     message = "; ".join(finding.evidence[:2]) or "no overfitting rule fired"
     set_condition(status, "OverfittingDetected",
                   "True" if finding.verdict == "overfitting" else "False", reason, message, at)
 
 
-def finish_job(status: TrainingJobStatus, phase: str, reason: str, message: str,
+def finish_job(status: TrainingJobStatus, phase: Phase, reason: Reason, message: str,
                at: str) -> None:
     """Terminal phase with its condition; Running turns False."""
-    status.phase = phase  # type: ignore[assignment]
+    status.phase = phase
     status.completion_time = at
     status.current_stage = None
     set_condition(status, "Running", "False", reason, message, at)
-    if phase == "Succeeded":
+    if phase == Phase.SUCCEEDED:
         set_condition(status, "Succeeded", "True", reason, message, at)
-    elif phase == "Failed":
+    elif phase == Phase.FAILED:
         set_condition(status, "Failed", "True", reason, message, at)
 
 
-def apply_augmentation_result(status: TrainingJobStatus, result: Mapping[str, Any]) -> None:
+def apply_augmentation_result(status: TrainingJobStatus, result: AugmentationResult) -> None:
     """Class counts before and after, from the merge unit's result."""
     status.augmentation = AugmentationStatus(
-        kind=str(result.get("kind", "")), added=int(result.get("added", 0)),
-        counts_before={str(k): int(v) for k, v in (result.get("counts_before") or {}).items()},
-        counts_after={str(k): int(v) for k, v in (result.get("counts_after") or {}).items()},
-        operations=[str(o) for o in result.get("operations") or []],
-        manifest=result.get("manifest"),
+        kind=result.kind, added=result.added, counts_before=dict(result.counts_before),
+        counts_after=dict(result.counts_after), operations=list(result.operations),
+        manifest=result.manifest,
     )
 
 
@@ -174,45 +185,50 @@ def _tuning(status: TrainingJobStatus, spec: TrainingJobSpec) -> TuningStatus:
     return status.tuning
 
 
-def _apply_sweep(tuning: TuningStatus, counts: Any, best: Any) -> None:
-    """Trial counts and the best trial, as the driver's events and results report them."""
-    if isinstance(counts, Mapping):
-        tuning.trials = TrialCounts(**{k: int(v) for k, v in counts.items()
-                                       if k in TrialCounts.model_fields})
-    if isinstance(best, Mapping) and best.get("value") is not None:
-        tuning.best = BestTrial(trial=int(best["trial"]), params=dict(best.get("params") or {}),
-                                value=float(best["value"]))
+def apply_sweep(status: TrainingJobStatus, spec: TrainingJobSpec, counts: TrialCounts,
+                best: BestTrial | None, target: int) -> None:
+    """Live sweep progress: trial counts, the best trial so far, "finished/target trials"."""
+    tuning = _tuning(status, spec)
+    tuning.trials = counts
+    if best is not None:
+        tuning.best = best
+    finished = counts.complete + counts.pruned + counts.failed
+    status.progress = f"{min(finished, target)}/{target} trials"
 
 
 def apply_trial_event(status: TrainingJobStatus, spec: TrainingJobSpec,
-                      event: Mapping[str, Any]) -> None:
-    """Live sweep progress from the driver's ``trial`` events (counts, best so far)."""
-    tuning = _tuning(status, spec)
-    _apply_sweep(tuning, event.get("counts"), event.get("best"))
-    finished = tuning.trials.complete + tuning.trials.pruned + tuning.trials.failed
-    status.progress = f"{finished}/{spec.tuning.trials} trials"
+                      event: Mapping[str, Any], target: int) -> None:
+    """Live progress of a sweep that runs inside one unit (Ray Tune): its ``trial`` events."""
+    counts, best = event.get("counts"), event.get("best")
+    apply_sweep(
+        status, spec,
+        TrialCounts(**{k: int(v) for k, v in counts.items() if k in TrialCounts.model_fields})
+        if isinstance(counts, Mapping) else _tuning(status, spec).trials,
+        BestTrial.model_validate(best) if isinstance(best, Mapping) and
+        best.get("value") is not None else None, target)
 
 
 def apply_tuning_result(status: TrainingJobStatus, spec: TrainingJobSpec,
-                        result: Mapping[str, Any]) -> None:
+                        result: TuningResult) -> None:
     tuning = _tuning(status, spec)
-    tuning.study = result.get("study")
-    _apply_sweep(tuning, result.get("trials"), result.get("best"))
-    tuning.importances = {str(k): float(v) for k, v in (result.get("importances") or {}).items()}
-    tuning.epochs_run = result.get("epochs_run")
-    tuning.epochs_saved_by_pruning = result.get("epochs_saved_by_pruning")
+    tuning.study = result.study
+    tuning.trials = TrialCounts(**result.trials.model_dump())
+    if result.best is not None:
+        tuning.best = BestTrial(**result.best.model_dump())
+    tuning.importances = dict(result.importances)
+    tuning.epochs_run = result.epochs_run
+    tuning.epochs_saved_by_pruning = result.epochs_saved_by_pruning
 
 
-def apply_explanation_result(status: TrainingJobStatus, result: Mapping[str, Any]) -> None:
+def apply_explanation_result(status: TrainingJobStatus, result: ExplanationResult) -> None:
     status.findings.explanation = ExplanationFinding(
-        method=str(result.get("method", "")),
-        top_features=[FeatureAttribution(feature=str(f["feature"]),
-                                         mean_abs_shap=float(f["mean_abs_shap"]))
-                      for f in result.get("top_features") or []],
-        completeness_error=result.get("completeness_error"),
-        artifact=result.get("analysis"),
+        method=result.method,
+        top_features=[FeatureAttribution(feature=f.feature, mean_abs_shap=f.mean_abs_shap)
+                      for f in result.top_features],
+        completeness_error=result.completeness_error,
+        artifact=result.analysis,
     )
-    for name, path in (result.get("plots") or {}).items():
-        status.artifacts[f"shap{name[:1].upper()}{name[1:]}"] = str(path)
-    if result.get("analysis"):
-        status.artifacts["explanation"] = str(result["analysis"])
+    for name, path in result.plots.items():
+        status.artifacts[f"shap{name[:1].upper()}{name[1:]}"] = path
+    if result.analysis:
+        status.artifacts["explanation"] = result.analysis

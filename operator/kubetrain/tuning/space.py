@@ -13,17 +13,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
-
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalChoiceType,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from typing import TYPE_CHECKING, Any
 
 from ..api.spec import SearchDimension
+
+if TYPE_CHECKING:  # the grid arithmetic is also the planner's, which must not need Optuna
+    from optuna.distributions import BaseDistribution, CategoricalChoiceType
 
 # Digits kept from grid arithmetic, so 0.1 + 2 * 0.1 is 0.3 and not 0.30000000000000004.
 _GRID_DIGITS = 12
@@ -60,6 +55,8 @@ def _float_steps(dim: SearchDimension, step: float) -> tuple[float, int]:
 
 def distribution(dim: SearchDimension) -> BaseDistribution:
     """The Optuna distribution of one dimension."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     if dim.type == "categorical":
         return CategoricalDistribution([_encode_choice(c) for c in dim.choices or []])
     if dim.type == "int":

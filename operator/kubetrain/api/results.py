@@ -1,0 +1,165 @@
+"""What a work unit reports when it ends: one typed model per kind of unit.
+
+A unit writes its result as a small JSON object (``kubetrain.report``): to a file locally, to
+its container's termination message on Kubernetes. Both executors hand the raw object to the
+stage engine, which parses it here, once; nothing else reads a result by key.
+Fields are snake_case, as the units write them. Unknown fields are ignored, so a newer unit
+can report more than an older engine reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .status import OverfittingFinding
+
+TRUNCATED = "truncated:"
+ResultStatus = Literal["succeeded", "failed", "terminated"]
+
+
+class UnitResult(BaseModel):
+    """Fields every unit reports."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    unit: str | None = None
+    status: ResultStatus = "succeeded"
+    seconds: float | None = None
+    message: str | None = None
+
+
+class AugmentationResult(UnitResult):
+    """A shard's part, or the merge's manifest (``shard`` is None for the merge)."""
+
+    shard: int | None = None
+    shards: int = 1
+    kind: str = ""
+    added: int = 0
+    counts_before: dict[str, int] = Field(default_factory=dict)
+    counts_after: dict[str, int] = Field(default_factory=dict)
+    operations: list[str] = Field(default_factory=list)
+    manifest: str | None = None
+
+
+class TrainingResult(UnitResult):
+    """A training unit (the final training or a cross-validation fold)."""
+
+    fold: int | None = None
+    task: Literal["classification", "regression"] = "classification"
+    epochs: int = 0
+    epochs_run: int = 0
+    best_epoch: int | None = None
+    best_metrics: dict[str, float] = Field(default_factory=dict)
+    final_metrics: dict[str, float] = Field(default_factory=dict)
+    test_metrics: dict[str, float] = Field(default_factory=dict)
+    stopped_early: bool = False
+    stop_reason: str | None = None
+    resumed_from_epoch: int | None = None
+    samples_per_second: float | None = None
+    seconds_after_best: float | None = None
+    overfitting: OverfittingFinding | None = None
+    history: str | None = None
+    checkpoint: str | None = None
+    model: str | None = None
+
+
+class TrialResult(UnitResult):
+    """One trial of a sweep, as the trial process told the study."""
+
+    trial: int | None = None
+    state: Literal["complete", "pruned", "failed", "running", "waiting"] = "failed"
+    value: float | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    epochs_run: int = 0
+    error: str | None = None
+
+
+class BestTrialResult(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    trial: int
+    params: dict[str, Any] = Field(default_factory=dict)
+    value: float
+
+
+class TrialCountsResult(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    total: int = 0
+    running: int = 0
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+
+
+class TuningResult(UnitResult):
+    """The sweep's summary: the study's trials by state, the best trial, what pruning saved."""
+
+    study: str | None = None
+    trials: TrialCountsResult = Field(default_factory=TrialCountsResult)
+    best: BestTrialResult | None = None
+    importances: dict[str, float] = Field(default_factory=dict)
+    epochs_run: int | None = None
+    epochs_saved_by_pruning: int | None = None
+    trial_seconds: float | None = None
+    trials_table: str | None = None
+
+
+class FeatureResult(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    feature: str
+    mean_abs_shap: float
+
+
+class ExplanationResult(UnitResult):
+    method: str = ""
+    top_features: list[FeatureResult] = Field(default_factory=list)
+    completeness_error: float | None = None
+    analysis: str | None = None
+    plots: dict[str, str] = Field(default_factory=dict)
+
+
+class ReportResult(UnitResult):
+    """The report unit: report.md and the loss curve, written to the job's storage."""
+
+    report: str | None = None
+    loss_curve: str | None = None
+
+
+class ServiceResult(UnitResult):
+    """A long-running helper (the study server): it reports nothing of substance."""
+
+
+UnitKind = Literal["augment-shard", "augment-merge", "train", "fold", "trial", "tune-summary",
+                   "tune", "study", "explain", "report"]
+
+RESULT_MODELS: dict[str, type[UnitResult]] = {
+    "augment-shard": AugmentationResult,
+    "augment-merge": AugmentationResult,
+    "train": TrainingResult,
+    "fold": TrainingResult,
+    "trial": TrialResult,
+    "tune-summary": TuningResult,
+    "tune": TuningResult,
+    "study": ServiceResult,
+    "explain": ExplanationResult,
+    "report": ReportResult,
+}
+
+
+def parse_result(kind: str, raw: Mapping[str, Any] | None) -> UnitResult | None:
+    """The typed result of a unit of ``kind``; None when there is none or it is not readable
+    (a result cut short is treated like a missing one: the unit did not finish its work)."""
+    if not raw:
+        return None
+    # A result over 4 KB had its bulkiest fields replaced by a note (kubetrain.report): those
+    # fields are read from the files in storage, not from the result.
+    data = {k: v for k, v in raw.items() if not (isinstance(v, str) and v.startswith(TRUNCATED))}
+    try:
+        return RESULT_MODELS[kind].model_validate(data)
+    except ValidationError:
+        return None

@@ -1,0 +1,53 @@
+"""The job's cost from its units' seconds, running ones included: one place for both executors.
+
+Each unit's requests come from the plan; its seconds from the engine's record (every attempt,
+and the running attempt so far), so the Cost column moves while the job runs and a budget can
+stop work that is still running.
+"""
+
+from __future__ import annotations
+
+from ..api.results import TrainingResult, TuningResult
+from ..api.spec import TrainingJobSpec
+from ..api.status import CostFinding, TrainingJobStatus
+from ..findings.cost import Usage, stage_cost, summarize_cost
+from .plan import Plan, WorkUnit
+
+
+def unit_usage(unit: WorkUnit, seconds: float) -> Usage:
+    """The one way a unit's requests become a priced :class:`Usage`: every node of a gang."""
+    return Usage(stage=unit.stage, seconds=seconds, nodes=unit.nodes, cpu=unit.cpu,
+                 memory_gib=unit.memory_gib, gpus=unit.gpus_per_node)
+
+
+def job_cost(plan: Plan, spec: TrainingJobSpec, status: TrainingJobStatus,
+             train: TrainingResult | None, summary: TuningResult | None) -> CostFinding:
+    """The cost finding, and each unit's and stage's cost written into ``status``."""
+    prices = spec.findings.cost.prices
+    usages: list[Usage] = []
+    trial_cost = 0.0
+    for stage in status.stages.values():
+        for name, unit_status in stage.units.items():
+            unit = plan.unit(name)
+            if unit is None or not unit_status.seconds:
+                continue
+            usage = unit_usage(unit, unit_status.seconds)
+            usages.append(usage)
+            unit_status.cost = stage_cost(usage, prices).cost
+            if unit.kind == "trial":
+                trial_cost += unit_status.cost
+    train_unit = plan.unit("train")
+    cost_per_epoch = None
+    if summary is not None and summary.epochs_run:
+        cost_per_epoch = trial_cost / summary.epochs_run
+    finding = summarize_cost(
+        usages, prices, budget=spec.findings.cost.budget,
+        training_usage=unit_usage(train_unit, 0.0) if train_unit else None,
+        seconds_after_best=train.seconds_after_best if train else None,
+        pruned_epochs_saved=summary.epochs_saved_by_pruning if summary else None,
+        cost_per_epoch=cost_per_epoch,
+    )
+    for name, stage_status in status.stages.items():
+        by_stage = finding.by_stage.get(name)
+        stage_status.cost = by_stage.cost if by_stage is not None else None
+    return finding

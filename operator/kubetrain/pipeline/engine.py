@@ -1,0 +1,586 @@
+"""The stage engine: from the plan, the status and what was observed, what to do next.
+
+``advance`` is pure (no clock, no processes, no API): both executors call it, the local one
+after every line or exit of a unit's processes, the operator on every reconcile. It owns the
+order of stages, the groups inside them (augmentation shards at once, cross-validation folds,
+a sweep's trials as units), restarts and lost units, suspend and resume, the budget, the
+findings and every terminal decision; the executors only start and stop what it says.
+
+What the engine knows between calls lives in the status (``stages.<stage>.units``): each
+unit's phase, attempt, seconds and result. An executor that restarts (the operator killed)
+loses nothing: children it launched but did not record are adopted by name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+
+from ..api.resource import TrainingJob
+from ..api.results import (
+    AugmentationResult,
+    ExplanationResult,
+    TrainingResult,
+    TrialResult,
+    TuningResult,
+    UnitResult,
+    parse_result,
+)
+from ..api.status import (
+    BestTrial,
+    Phase,
+    Reason,
+    StagePhase,
+    StageStatus,
+    TrainingJobStatus,
+    TrialCounts,
+    UnitStatus,
+)
+from ..report import compact_result
+from . import status as st
+from .actions import Context, Event, Launch, Observation, Seen, Step, Stop
+from .costing import job_cost
+from .plan import Plan, Stage, TrialSweep, UnitGroup, WorkUnit
+
+NOT_STARTED = Observation(Seen.NOT_STARTED)
+# A budget stop is final: the trainer checkpoints at the end of its epoch or is killed.
+BUDGET_GRACE_SECONDS = 5
+# Result fields kept in files, not in status.
+BULKY = ("epoch_seconds", "history_values", "per_sample", "trials_table")
+
+
+def advance(plan: Plan, job: TrainingJob, observed: Mapping[str, Observation],
+            ctx: Context) -> Step:
+    """The next step of a job: the new status and the units to launch and stop."""
+    return _Engine(plan, job, observed, ctx).run()
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """A status timestamp ("2026-01-01T00:00:00Z") as a datetime; None stays None."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+class _Engine:
+    def __init__(self, plan: Plan, job: TrainingJob, observed: Mapping[str, Observation],
+                 ctx: Context) -> None:
+        self.plan = plan
+        self.job = job
+        self.spec = job.spec
+        self.observed = observed
+        self.ctx = ctx
+        self.at = st.timestamp(ctx.now)
+        status = job.status.model_copy(deep=True) if job.status else TrainingJobStatus()
+        status.observed_generation = job.metadata.generation
+        self.step = Step(status=status)
+        self.status = status
+
+    # ----- small helpers --------------------------------------------------------------------
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.step.events.append(Event(type_, reason, message))
+
+    def seen(self, name: str) -> Observation:
+        return self.observed.get(name, NOT_STARTED)
+
+    def stop(self, name: str, grace: int = 30) -> None:
+        if all(s.unit != name for s in self.step.stop):
+            self.step.stop.append(Stop(name, grace))
+
+    def fail(self, reason: Reason, message: str) -> None:
+        st.finish_job(self.status, Phase.FAILED, reason, message, self.at)
+        self.event("Warning", reason, message)
+
+    def units_of(self, stage: Stage) -> dict[str, UnitStatus]:
+        return st.stage_status(self.status, stage.name).units
+
+    # ----- the step -------------------------------------------------------------------------
+
+    def run(self) -> Step:
+        status = self.status
+        if Phase(status.phase).terminal:
+            self._stop_leftovers()
+            self._ttl()
+            return self.step
+        if self.ctx.problems:
+            message = "; ".join(self.ctx.problems)
+            st.set_condition(status, "Invalid", "True", Reason.INVALID_SPEC, message, self.at)
+            self._stop_all()  # a spec edited into an invalid one must not leave pods running
+            self.fail(Reason.INVALID_SPEC, message)
+            return self.step
+        if status.phase == Phase.PENDING:
+            self._start_job()
+        self._record_all()
+        if self.ctx.interrupted:
+            return self._end_early(Reason.INTERRUPTED, "stopped by Ctrl-C; `kubetrain run "
+                                   "--resume` continues from the last checkpoint")
+        if self._deadline_passed():
+            return self._end_early(Reason.DEADLINE_EXCEEDED, "runPolicy.activeDeadlineSeconds "
+                                   f"({self.spec.run_policy.active_deadline_seconds}) passed")
+        if self.spec.run_policy.suspend:
+            self._suspend()
+            self._findings()
+            return self.step
+        if status.phase == Phase.SUSPENDED:
+            status.phase = Phase.RUNNING
+            st.set_condition(status, "Suspended", "False", Reason.RESUMED, "resumed", self.at)
+            self.event("Normal", Reason.RESUMED, "resumed from the last checkpoints")
+        done = self._walk()
+        self._findings()
+        if Phase(status.phase).terminal:
+            self._finish()
+            return self.step
+        if self._over_budget():
+            return self.step
+        if done:
+            st.finish_job(status, Phase.SUCCEEDED, Reason.ALL_STAGES_SUCCEEDED,
+                          "all stages finished", self.at)
+            self.event("Normal", "Succeeded", "all stages finished")
+            self._finish()
+        return self.step
+
+    def _start_job(self) -> None:
+        status = self.status
+        status.phase, status.start_time = Phase.RUNNING, self.at
+        for stage in self.plan.stages:
+            st.stage_status(status, stage.name)
+        names = ", ".join(self.plan.stage_names)
+        st.set_condition(status, "Running", "True", Reason.PLANNED, f"stages: {names}", self.at)
+        self.event("Normal", Reason.PLANNED, f"stages: {names}")
+
+    # ----- what the units did ---------------------------------------------------------------
+
+    def _record_all(self) -> None:
+        """Fold every observation into its unit's record; adopt children not yet recorded."""
+        for stage in self.plan.stages:
+            units = self.units_of(stage)
+            for name in self.observed:
+                unit = self.plan.unit(name)
+                if unit is not None and unit.stage == stage.name and name not in units:
+                    seen = self.observed[name]
+                    if seen.state in (Seen.RUNNING, Seen.SUCCEEDED, Seen.FAILED):
+                        # launched by a step whose status was never written: adopt it
+                        units[name] = UnitStatus(attempt=seen.attempt)
+                        self._launched(units[name])
+            for name, record in units.items():
+                unit = self.plan.unit(name)
+                if unit is not None:
+                    self._record(unit, record, self.seen(name))
+
+    def _launched(self, record: UnitStatus) -> None:
+        record.phase = StagePhase.RUNNING
+        record.start_time = record.start_time or self.at
+
+    def _record(self, unit: WorkUnit, record: UnitStatus, seen: Observation) -> None:
+        if seen.attempt < record.attempt:
+            if seen.state in (Seen.RUNNING, Seen.SUCCEEDED, Seen.FAILED, Seen.LOST):
+                self.stop(unit.name)  # children of an ended attempt: never counted
+            return
+        if StagePhase(record.phase).finished:
+            if seen.state in (Seen.RUNNING, Seen.LOST) and not unit.service:
+                self.stop(unit.name)
+            return
+        if record.phase == StagePhase.PENDING:
+            if seen.state in (Seen.RUNNING, Seen.SUCCEEDED, Seen.FAILED):
+                self._launched(record)  # its launch was not recorded (executor restarted)
+            else:
+                return
+        record.seconds = round(record.prior_seconds + seen.seconds, 3)
+        if seen.state == Seen.RUNNING:
+            self._progress(unit, seen)
+        elif seen.state == Seen.SUCCEEDED:
+            self._succeeded(unit, record, seen)
+        elif seen.state == Seen.FAILED:
+            self._failed(unit, record, seen)
+        else:
+            self._lost(unit, record, seen)
+
+    def _progress(self, unit: WorkUnit, seen: Observation) -> None:
+        event = seen.progress or {}
+        if unit.kind == "train" and event.get("event") == "epoch":
+            st.apply_epoch_event(self.status, event)
+        elif unit.kind == "tune" and event.get("event") == "trial":
+            st.apply_trial_event(self.status, self.spec, event, self.spec.tuning.trials)
+
+    def _succeeded(self, unit: WorkUnit, record: UnitStatus, seen: Observation) -> None:
+        result = parse_result(unit.kind, seen.result)
+        if unit.service:
+            self._lost(unit, record, seen)  # a server that exits is restarted
+            return
+        if result is None or result.status != "succeeded":
+            self._failed(unit, record, seen, result,
+                         "exited with code 0 without a readable result")
+            return
+        record.phase = StagePhase.SUCCEEDED
+        record.completion_time = self.at
+        record.result = _compact(seen.result or {})
+        self._apply(unit, result)
+
+    def _failed(self, unit: WorkUnit, record: UnitStatus, seen: Observation,
+                result: UnitResult | None = None, why: str | None = None) -> None:
+        result = result or parse_result(unit.kind, seen.result)
+        detail = why or (f"exited with code {seen.exit_code}"
+                         + (f" ({seen.reason})" if seen.reason else ""))
+        tail = (seen.output or "").strip().splitlines()[-1:]
+        if not tail and result is not None and result.message:
+            tail = [result.message]
+        message = f"{unit.name} {detail}" + (f": {tail[0][:300]}" if tail else "")
+        record.completion_time = self.at
+        if result is not None:
+            record.result = _compact(seen.result or {})
+        if unit.kind == "trial":
+            # A trial that failed on its own counts as a failed trial; the sweep goes on.
+            record.phase, record.message = StagePhase.FAILED, message
+            self.event("Warning", "TrialFailed", f"{message}; the sweep goes on")
+            return
+        if record.restarts < self.spec.run_policy.backoff_limit:
+            record.restarts += 1
+            self._relaunch(unit, record)
+            what = "the whole gang" if unit.world_size > 1 else unit.name
+            self.event("Warning", "UnitRestart",
+                       f"{message}; restarting {what} from its checkpoint "
+                       f"({record.restarts}/{self.spec.run_policy.backoff_limit})")
+            return
+        record.phase, record.message = StagePhase.FAILED, message
+
+    def _lost(self, unit: WorkUnit, record: UnitStatus, seen: Observation) -> None:
+        """Its children vanished while it ran (deleted, evicted, node gone, server exited)."""
+        if unit.kind == "trial":
+            self._replace_trial(unit, record, f"{unit.name} lost its pod or process "
+                                f"({seen.state}); a new trial replaces it")
+            return
+        self._relaunch(unit, record)
+        self.event("Warning", "UnitLost", f"{unit.name} lost its pod or process; starting it "
+                   "again from its checkpoint")
+
+    def _relaunch(self, unit: WorkUnit, record: UnitStatus) -> None:
+        record.prior_seconds = record.seconds or 0.0
+        record.attempt += 1
+        record.phase = StagePhase.PENDING
+        record.completion_time = None
+        self.stop(unit.name)
+
+    def _replace_trial(self, unit: WorkUnit, record: UnitStatus, message: str) -> None:
+        """A trial cut short from outside: failed, not counted, replaced by a new trial (the
+        study fails its trial when the sweep is summarized)."""
+        record.phase, record.replaced, record.message = StagePhase.FAILED, True, message
+        record.completion_time = self.at
+        self.stop(unit.name)
+
+    def _apply(self, unit: WorkUnit, result: UnitResult) -> None:
+        """A finished unit's result, filed into the status where people read it."""
+        if isinstance(result, TrainingResult) and unit.kind == "train":
+            st.apply_training_result(self.status, result)
+        elif isinstance(result, AugmentationResult) and unit.kind == "augment-merge":
+            st.apply_augmentation_result(self.status, result)
+        elif isinstance(result, TuningResult):
+            st.apply_tuning_result(self.status, self.spec, result)
+        elif isinstance(result, ExplanationResult):
+            st.apply_explanation_result(self.status, result)
+
+    # ----- the walk over stages and groups --------------------------------------------------
+
+    def _walk(self) -> bool:
+        """Launch what the first unfinished stage needs; True once every stage succeeded."""
+        for stage in self.plan.stages:
+            record = st.stage_status(self.status, stage.name)
+            if StagePhase(record.phase).finished:
+                continue
+            if record.phase == StagePhase.PENDING:
+                st.start_stage(self.status, stage.name, [u.name for u in stage.units], self.at)
+                self.event("Normal", Reason.STAGE_RUNNING, f"stage {stage.name} started")
+            self.status.current_stage = stage.name
+            outcome = self._stage(stage, record)
+            if outcome is None:
+                return False
+            if outcome:
+                self._stage_failed(stage, outcome)
+                return False
+            self._stage_succeeded(stage, record)
+        return True
+
+    def _stage(self, stage: Stage, record: StageStatus) -> str | None:
+        """'' when the stage succeeded, a message when it failed, None while it runs."""
+        for group in stage.groups:
+            outcome = self._group(stage, group, record)
+            if outcome != "":
+                return outcome
+        return ""
+
+    def _group(self, stage: Stage, group: UnitGroup, record: StageStatus) -> str | None:
+        units = record.units
+        if group.sweep is not None:
+            members = self._sweep_members(group.sweep, units)
+        else:
+            members = list(group.units)
+        for unit in (*members, *((group.service,) if group.service else ())):
+            state = units.get(unit.name)
+            if state is not None and state.phase == StagePhase.FAILED and unit.kind != "trial":
+                return state.message or f"{unit.name} failed"
+
+        def finished(unit: WorkUnit) -> bool:
+            state = units.get(unit.name)
+            if state is None:
+                return False
+            # A failed trial is finished (counted, or replaced); any other unit must succeed.
+            return state.phase == StagePhase.SUCCEEDED or (
+                unit.kind == "trial" and StagePhase(state.phase).finished)
+
+        if members and all(finished(u) for u in members):
+            return ""
+        self._serve(stage)
+        running = sum(1 for u in members if units.get(u.name, UnitStatus()).phase
+                      == StagePhase.RUNNING)
+        for unit in members:
+            state = units.setdefault(unit.name, UnitStatus())
+            # A relaunch waits until the children of the attempt before it are gone.
+            if state.phase == StagePhase.PENDING and running < group.limit and \
+                    self.seen(unit.name).state == Seen.NOT_STARTED:
+                self._launch(unit, state)
+                running += 1
+        return None
+
+    def _sweep_members(self, sweep: TrialSweep, units: dict[str, UnitStatus]) -> list[WorkUnit]:
+        """The trials so far, plus new ones while fewer than the target are counted."""
+        trials = {i: r for n, r in units.items() if (i := TrialSweep.index(n)) is not None}
+        counted = [r for r in trials.values()
+                   if StagePhase(r.phase).finished and not r.replaced]
+        active = [r for r in trials.values() if not StagePhase(r.phase).finished]
+        wanted = min(sweep.parallelism, sweep.target - len(counted)) - len(active)
+        next_index = max(trials, default=-1) + 1
+        for _ in range(max(0, wanted)):
+            units[f"trial-{next_index}"] = UnitStatus()
+            trials[next_index] = units[f"trial-{next_index}"]
+            next_index += 1
+        self._sweep_status(sweep, trials)
+        return [sweep.unit(i) for i in sorted(trials)]
+
+    def _sweep_status(self, sweep: TrialSweep, trials: Mapping[int, UnitStatus]) -> None:
+        counts = TrialCounts(total=sweep.target)
+        best: BestTrial | None = None
+        maximize = self.spec.tuning.objective.direction == "maximize"
+        for record in trials.values():
+            if record.phase == StagePhase.RUNNING:
+                counts.running += 1
+            if not StagePhase(record.phase).finished or record.replaced:
+                continue
+            result = parse_result("trial", record.result)
+            state = result.state if isinstance(result, TrialResult) else "failed"
+            if state == "complete":
+                counts.complete += 1
+            elif state == "pruned":
+                counts.pruned += 1
+            else:
+                counts.failed += 1
+            if not (isinstance(result, TrialResult) and state == "complete"
+                    and result.value is not None and result.trial is not None):
+                continue
+            if best is None or (result.value > best.value if maximize
+                                else result.value < best.value):
+                best = BestTrial(trial=result.trial, params=result.params, value=result.value)
+        st.apply_sweep(self.status, self.spec, counts, best, sweep.target)
+
+    def _serve(self, stage: Stage) -> None:
+        """The stage's service (the study server) runs while the stage does."""
+        for group in stage.groups:
+            if group.service is not None:
+                record = self.units_of(stage).setdefault(group.service.name, UnitStatus())
+                if record.phase == StagePhase.PENDING and \
+                        self.seen(group.service.name).state == Seen.NOT_STARTED:
+                    self._launch(group.service, record)
+
+    def _launch(self, unit: WorkUnit, record: UnitStatus) -> None:
+        args: tuple[str, ...] = ()
+        best = self.status.tuning.best if self.status.tuning else None
+        if unit.stage == "training" and best is not None and best.params:
+            # The best trial's hyperparameters feed the final training (and its folds).
+            args = ("--params", json.dumps(best.params))
+        self.step.launch.append(Launch(unit, record.attempt, args))
+        self._launched(record)
+        stage = st.stage_status(self.status, unit.stage)
+        if unit.name not in stage.jobs:
+            stage.jobs.append(unit.name)
+
+    def _stage_succeeded(self, stage: Stage, record: StageStatus) -> None:
+        for group in stage.groups:
+            if group.service is not None:
+                self.stop(group.service.name)
+                service = record.units.get(group.service.name)
+                if service is not None:
+                    service.phase, service.completion_time = StagePhase.SUCCEEDED, self.at
+        if stage.name == "training":
+            self._cross_validation(record)
+        count = sum(1 for r in record.units.values() if r.phase == StagePhase.SUCCEEDED)
+        st.finish_stage(self.status, stage.name, StagePhase.SUCCEEDED,
+                        f"{count} work unit(s) succeeded", self.at)
+        self.event("Normal", Reason.STAGE_SUCCEEDED, f"stage {stage.name} succeeded")
+
+    def _stage_failed(self, stage: Stage, message: str) -> None:
+        st.finish_stage(self.status, stage.name, StagePhase.FAILED, message, self.at)
+        self._stop_all()
+        reason = (Reason.BACKOFF_LIMIT_EXCEEDED if stage.name == "training"
+                  else Reason.WORK_UNIT_FAILED)
+        self.fail(reason, message)
+
+    def _cross_validation(self, record: StageStatus) -> None:
+        folds = [r for n, u in sorted(record.units.items()) if n.startswith("fold-")
+                 and isinstance(r := parse_result("fold", u.result), TrainingResult)]
+        if folds and self.status.training is not None:
+            self.status.training.cross_validation = st.cross_validation_summary(
+                folds, st.headline_metric(folds[0].task))
+
+    # ----- stopping -------------------------------------------------------------------------
+
+    def _running_units(self) -> list[tuple[str, UnitStatus]]:
+        return [(name, record) for stage in self.plan.stages
+                for name, record in self.units_of(stage).items()
+                if record.phase == StagePhase.RUNNING]
+
+    def _stop_all(self, grace: int = 30) -> None:
+        """Stop every unit that runs, and any child the records do not know."""
+        self.step.launch.clear()  # nothing launched in this step may start either
+        for name, record in self._running_units():
+            unit = self.plan.unit(name)
+            if unit is not None and unit.kind == "trial":
+                self._replace_trial(unit, record, f"{name} stopped with the job")
+            else:
+                record.phase, record.completion_time = StagePhase.FAILED, self.at
+                record.message = "stopped with the job"
+        for name, seen in self.observed.items():
+            if seen.state in (Seen.RUNNING, Seen.LOST) and name != self._report_name():
+                self.stop(name, grace)
+
+    def _stop_leftovers(self) -> None:
+        for name, seen in self.observed.items():
+            if seen.state in (Seen.RUNNING, Seen.LOST) and name != self._report_name():
+                self.stop(name)
+
+    def _report_name(self) -> str | None:
+        return self.plan.report.name if self.plan.report else None
+
+    def _end_early(self, reason: Reason, message: str) -> Step:
+        self._stop_all()
+        self._findings()
+        self.fail(reason, message)
+        self._finish()
+        return self.step
+
+    def _suspend(self) -> None:
+        """Remove running children; on resume each unit starts again from its checkpoint."""
+        stopped = 0
+        for name, record in self._running_units():
+            unit = self.plan.unit(name)
+            if unit is None:
+                continue
+            if unit.kind == "trial":
+                self._replace_trial(unit, record, f"{name} stopped by a suspend")
+            else:
+                self._relaunch(unit, record)
+            stopped += 1
+        for name, seen in self.observed.items():
+            if seen.state in (Seen.RUNNING, Seen.LOST):
+                self.stop(name)
+        if self.status.phase != Phase.SUSPENDED:
+            self.status.phase = Phase.SUSPENDED
+            st.set_condition(self.status, "Suspended", "True", Reason.SUSPENDED,
+                             "runPolicy.suspend is true; running work stopped", self.at)
+            self.event("Normal", Reason.SUSPENDED, f"stopped {stopped} running unit(s)")
+
+    def _deadline_passed(self) -> bool:
+        deadline = self.spec.run_policy.active_deadline_seconds
+        started = parse_time(self.status.start_time)
+        return bool(deadline and started
+                    and (self.ctx.now - started).total_seconds() > deadline)
+
+    def _ttl(self) -> None:
+        ttl = self.spec.run_policy.ttl_seconds_after_finished
+        finished = parse_time(self.status.completion_time)
+        if ttl is not None and finished is not None and \
+                (self.ctx.now - finished).total_seconds() >= ttl:
+            self.step.expired = True
+
+    # ----- findings, budget, the end --------------------------------------------------------
+
+    def _result(self, name: str) -> UnitResult | None:
+        unit = self.plan.unit(name)
+        if unit is None:
+            return None
+        record = st.stage_status(self.status, unit.stage).units.get(name)
+        return parse_result(unit.kind, record.result) if record else None
+
+    def _findings(self) -> None:
+        train = self._result("train")
+        summary = self._result("tune-summary") or self._result("tune")
+        train = train if isinstance(train, TrainingResult) else None
+        if train is not None and train.overfitting is not None:
+            st.apply_overfitting(self.status, train.overfitting, self.at)
+        self.status.findings.cost = job_cost(
+            self.plan, self.spec, self.status, train,
+            summary if isinstance(summary, TuningResult) else None)
+
+    def _over_budget(self) -> bool:
+        budget = self.spec.findings.cost.budget
+        cost = self.status.findings.cost
+        if budget is None or cost is None or cost.total < budget.max_cost:
+            return False
+        message = f"cost {cost.total:.6f} reached budget.maxCost {budget.max_cost}"
+        condition = next((c for c in self.status.conditions if c.type == "BudgetExceeded"), None)
+        if condition is None:
+            self.event("Warning", Reason.BUDGET_EXCEEDED, message)
+        st.set_condition(self.status, "BudgetExceeded", "True", Reason.BUDGET_EXCEEDED, message,
+                         self.at)
+        if budget.action != "stop":
+            return False
+        stage = self.status.current_stage
+        self._stop_all(grace=BUDGET_GRACE_SECONDS)
+        if stage is not None:
+            st.finish_stage(self.status, stage, StagePhase.FAILED,
+                            "stopped: budget exceeded", self.at)
+        self.fail(Reason.BUDGET_EXCEEDED, message + "; further work stopped")
+        self._finish()
+        return True
+
+    def _finish(self) -> None:
+        """The job has ended: artifacts in status, and the report unit writes report.md."""
+        storage = self.ctx.storage.rstrip("/")
+        artifacts = self.status.artifacts
+        train = self._result("train")
+        if isinstance(train, TrainingResult):
+            if train.model:
+                artifacts["model"] = train.model
+            if train.history:
+                artifacts["history"] = train.history
+                artifacts["lossCurve"] = f"{storage}/loss-curve.png"
+        artifacts["report"] = f"{storage}/report.md"
+        artifacts["status"] = f"{storage}/status.yaml"
+        if self.plan.report is not None:
+            final = self.job.model_copy(update={"status": self.status}).to_manifest()
+            self.step.launch.append(Launch(self.plan.report, 0,
+                                           ("--status", json.dumps(final["status"]))))
+
+
+def _compact(result: Mapping[str, object]) -> dict[str, object]:
+    """A result as status keeps it: the bulky lists stay in the files in storage."""
+    kept = {k: v for k, v in result.items() if k not in BULKY}
+    return dict(json.loads(compact_result(kept)))
+
+
+def resumed(status: TrainingJobStatus) -> TrainingJobStatus:
+    """A stopped run's status, ready to continue (``kubetrain run --resume``): finished units
+    stay finished, the others start again from their checkpoints, a sweep keeps its trials."""
+    status = status.model_copy(deep=True)
+    if status.phase == Phase.PENDING:
+        return status
+    status.phase, status.completion_time = Phase.RUNNING, None
+    status.conditions = [c for c in status.conditions if c.type not in ("Failed", "Succeeded")]
+    for stage in status.stages.values():
+        if stage.phase == StagePhase.FAILED:
+            stage.phase, stage.completion_time = StagePhase.RUNNING, None
+        for name, record in stage.units.items():
+            if record.phase == StagePhase.RUNNING and TrialSweep.index(name) is not None:
+                record.phase, record.replaced = StagePhase.FAILED, True
+            elif record.phase == StagePhase.RUNNING or (
+                    record.phase == StagePhase.FAILED and TrialSweep.index(name) is None):
+                record.phase, record.completion_time = StagePhase.PENDING, None
+                record.prior_seconds, record.attempt = record.seconds or 0.0, record.attempt + 1
+    return status
