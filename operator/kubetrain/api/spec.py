@@ -184,7 +184,9 @@ class AugmentationSpec(ApiModel):
     multiplier: int = Field(default=2, ge=1, le=100)
     """Augmented copies of each training example (on top of the originals)."""
     shards: int = Field(default=1, ge=1, le=64)
-    """Parallel workers that each augment a part of the training split."""
+    """Workers that each augment a part of the training split (then a merge step)."""
+    parallelism: int = Field(default=4, ge=1, le=64)
+    """Shards running at once (each a process, or a pod on Kubernetes)."""
     image: ImageAugmentationSpec | None = None
     tabular: TabularAugmentationSpec | None = None
 
@@ -323,10 +325,15 @@ class TrainingSpec(ApiModel):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     command: list[str] | None = Field(default=None, min_length=1)
     """Custom script mode: run this command instead of the built-in trainer; it reports through
-    the kubetrain reporting protocol (JSON lines). Not available yet."""
+    the kubetrain reporting protocol (JSON lines). Not available yet: refused everywhere."""
 
     @model_validator(mode="after")
     def _monitor_matches(self) -> TrainingSpec:
+        if self.command is not None:
+            raise FieldProblem(
+                "command", "custom script mode is not available yet in this version; remove "
+                "it to use the built-in trainer (model.builtin or model.entrypoint)"
+            )
         if self.precision == "fp16" and self.resources.gpus_per_node == 0:
             raise FieldProblem(
                 "precision", "fp16 needs GPUs (`resources.gpusPerNode` > 0); use fp32 on the CPU"
@@ -423,6 +430,12 @@ class TuningSpec(ApiModel):
     def _space(self) -> TuningSpec:
         if not self.enabled:
             return self
+        if {"parallelism", "trials"} <= self.model_fields_set and self.parallelism > self.trials:
+            # As Katib does: both set and contradictory is a mistake; a default is just capped.
+            raise FieldProblem(
+                "parallelism", f"{self.parallelism} is more than tuning.trials "
+                f"({self.trials}); set tuning.parallelism <= tuning.trials"
+            )
         allowed = f"{', '.join(TUNABLE_PARAMETERS)} or model.<param>"
         if not self.search_space:
             raise FieldProblem(
