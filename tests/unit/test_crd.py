@@ -10,6 +10,7 @@ import yaml
 from kubetrain.api.crd import PRESERVE, build_crd, crd_yaml
 from kubetrain.api.quantity import CPU_PATTERN
 from kubetrain.api.spec import (
+    BUILTIN_MODEL_PARAMS,
     DatasetSpec,
     ImageAugmentationSpec,
     PricesSpec,
@@ -215,3 +216,11 @@ def test_kubectl_explain_has_descriptions(root: dict[str, Any]) -> None:
     assert training["description"].startswith("The training stage")
     assert "\n" not in at(root, "spec.model.entrypoint")["description"]  # docstrings unwrapped
     assert "Global batch size" in at(root, "spec.training.batchSize")["description"]
+
+
+def test_model_params_description_names_each_builtin_models_parameters(
+    root: dict[str, Any],
+) -> None:
+    description = at(root, "spec.model.params")["description"]
+    for builtin, params in BUILTIN_MODEL_PARAMS.items():
+        assert f"{builtin}: {', '.join(params)}" in description

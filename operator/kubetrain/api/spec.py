@@ -37,11 +37,12 @@ BUILTIN_DATASETS = tuple(BUILTIN_TASKS)
 OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
-# Built-in model parameters a user may set, per model; anything else is a typo.
-BUILTIN_MODEL_PARAMS: dict[str, dict[str, str]] = {
-    "mlp": {"hiddenUnits": "list of layer widths, e.g. [128, 64]"},
-    "cnn": {"channels": "list of conv widths, e.g. [32, 64]", "hiddenUnits": "int"},
-    "resnet": {"channels": "list of stage widths, e.g. [32, 64, 128]", "blocksPerStage": "int"},
+# The parameters of each built-in model with their defaults; any other key is a typo.
+# Defaults are tuples so that no caller can change the table by changing its model's params.
+BUILTIN_MODEL_PARAMS: dict[str, dict[str, int | tuple[int, ...]]] = {
+    "mlp": {"hiddenUnits": (128, 64)},
+    "cnn": {"channels": (32, 64), "hiddenUnits": 128},
+    "resnet": {"channels": (32, 64, 128), "blocksPerStage": 2},
 }
 
 

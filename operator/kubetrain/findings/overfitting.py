@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kubetrain.api.metrics import DEFAULT_METRIC, is_maximized, monitored_metric
-from kubetrain.api.spec import OverfittingSpec, TrainingJobSpec
+from kubetrain.api.spec import BUILTIN_MODEL_PARAMS, OverfittingSpec, TrainingJobSpec
 from kubetrain.api.status import OverfittingFinding, Verdict
 
 # Floor of the training loss in the gap's denominator: a loss of exactly 0 (memorized data)
@@ -267,9 +267,7 @@ def _model_size_recommendation(spec: TrainingJobSpec) -> str:
     model = spec.model
     if model.builtin is None:
         return "reduce model size (model.params passed to your entrypoint: fewer/narrower layers)"
-    keys = {"mlp": ("hiddenUnits",), "cnn": ("channels", "hiddenUnits")}.get(
-        model.builtin, ("channels", "blocksPerStage")
-    )
+    keys = BUILTIN_MODEL_PARAMS[model.builtin]
     parts = [
         f"model.params.{key} (now {model.params[key]})"
         if key in model.params

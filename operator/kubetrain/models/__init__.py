@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from ..api.spec import ModelSpec
+from ..api.spec import BUILTIN_MODEL_PARAMS, ModelSpec
 
 
 class ModelError(ValueError):
@@ -127,28 +127,29 @@ def build_model(
     spec: ModelSpec, input_shape: tuple[int, ...], num_outputs: int, dropout: float
 ) -> nn.Module:
     """The network the spec asks for, shaped for this data."""
-    params = dict(spec.params)
     if spec.entrypoint:
-        return _load_entrypoint(spec.entrypoint, input_shape, num_outputs, dropout, params)
+        return _load_entrypoint(spec.entrypoint, input_shape, num_outputs, dropout,
+                                dict(spec.params))
+    assert spec.builtin is not None  # the spec guarantees exactly one of the two
+    params = {**BUILTIN_MODEL_PARAMS[spec.builtin], **spec.params}
     is_image = len(input_shape) == 3
     if spec.builtin == "mlp":
         features = 1
         for dim in input_shape:
             features *= dim
-        return MLP(features, num_outputs, params.get("hiddenUnits", [128, 64]), dropout)
+        return MLP(features, num_outputs, params["hiddenUnits"], dropout)
     if not is_image:
         raise ModelError(
             f"model.builtin: {spec.builtin} needs image data (N, C, H, W) but the dataset is "
             f"tabular with shape {input_shape}; use builtin: mlp"
         )
-    hidden = params.get("hiddenUnits", 128)
     if spec.builtin == "cnn":
+        hidden = params["hiddenUnits"]
         if isinstance(hidden, list):
             hidden = hidden[0]
-        return SmallCNN(input_shape[0], num_outputs, params.get("channels", [32, 64]), hidden,
-                        dropout)
-    return ResNet(input_shape[0], num_outputs, params.get("channels", [32, 64, 128]),
-                  params.get("blocksPerStage", 2), dropout)
+        return SmallCNN(input_shape[0], num_outputs, params["channels"], hidden, dropout)
+    return ResNet(input_shape[0], num_outputs, params["channels"], params["blocksPerStage"],
+                  dropout)
 
 
 def _load_entrypoint(
