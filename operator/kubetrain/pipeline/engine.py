@@ -185,7 +185,8 @@ class _Engine:
                 self._launched(record)  # its launch was not recorded (executor restarted)
             else:
                 return
-        record.seconds = round(record.prior_seconds + seen.seconds, 3)
+        # A unit seen gone keeps the seconds last seen of it.
+        record.seconds = round(max(record.seconds or 0.0, record.prior_seconds + seen.seconds), 3)
         if seen.state == Seen.RUNNING:
             self._progress(unit, seen)
         elif seen.state == Seen.SUCCEEDED:
@@ -356,6 +357,8 @@ class _Engine:
         return [sweep.unit(i) for i in sorted(trials)]
 
     def _sweep_status(self, sweep: TrialSweep, trials: Mapping[int, UnitStatus]) -> None:
+        if self.status.tuning is not None and self.status.tuning.study is not None:
+            return  # the summary has spoken: the study's own counts and best trial stand
         counts = TrialCounts(total=sweep.target)
         best: BestTrial | None = None
         maximize = self.spec.tuning.objective.direction == "maximize"
