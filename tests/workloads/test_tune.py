@@ -310,7 +310,8 @@ def test_a_trial_reaches_the_study_through_the_study_server(tmp_path: Path,
         st.create_study_once(proxy, "test-job", spec_of(manifest))
         trial = subprocess.run(
             [sys.executable, "-m", "kubetrain.workloads.trial", "--job", str(job),
-             "--storage", str(storage), "--study", "test-job", "--study-server", address],
+             "--storage", str(storage), "--study", "test-job", "--study-server", address,
+             "--sampler-seed", "0"],
             capture_output=True, text=True, timeout=300)
         assert trial.returncode == 0, trial.stderr[-3000:]
         events = [e for e in map(parse_event, trial.stdout.splitlines()) if e]

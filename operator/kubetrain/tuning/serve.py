@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         job = load_training_job(args.job)
         create_study_once(storage, args.study or job.metadata.name, job.spec)
     # Pod deletion sends SIGTERM: leave the wait cleanly (the journal is append-only, so a
-    # request cut short leaves at most an unfinished trial, which the driver fails).
+    # request cut short leaves at most an unfinished trial, which the sweep's summary fails).
     signal.signal(signal.SIGTERM, _stop)
     Reporter(None).event("serving", host=args.host, port=args.port,
                          journal=str(journal_path(args.storage)))

@@ -1,9 +1,9 @@
 """The sweep's Optuna study: samplers, pruners, storage, creation, summaries, orphaned trials.
 
-The study outlives every process (never in memory): a journal file in the job's storage, read
-and written by every trial process, or reached through a study server (``GrpcStorageProxy``),
-or an external database (``tuning.storage``). It is created once, by the sweep driver or the
-operator, before any trial starts; trial processes only load it.
+The study outlives every process (never in memory): a journal file in the job's storage,
+written by the study server (``tuning.serve``) that trial units reach through
+``GrpcStorageProxy``, or an external database (``tuning.storage``). It is created once, by the
+study server (or the Ray sweep), before any trial starts; trial units only load it.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ def _require(sampler: str, *modules: str) -> None:
 
 class _GridSampler(optuna.samplers.GridSampler):
     """Optuna's grid sampler, minus its ``study.stop()`` once the grid is done: that only
-    works inside ``study.optimize`` (a tell from a trial process or the driver raises); the
-    driver runs no more trials than the grid has points."""
+    works inside ``study.optimize`` (a tell from a trial unit raises); the plan runs no more
+    trials than the grid has points (``pipeline.plan.target_trials``)."""
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
@@ -202,15 +202,11 @@ def create_study_once(storage: BaseStorage, name: str, spec: TrainingJobSpec) ->
 
 
 def load_study(storage: BaseStorage, name: str, spec: TrainingJobSpec,
-               seed: int | None = None) -> optuna.Study:
-    """Load the study made by ``create_study_once``, with a sampler seeded with ``seed``
-    (default: dataset.seed + the number of trials so far, different for each new trial)."""
-    study = optuna.load_study(study_name=name, storage=storage,
-                              sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(spec))
-    if seed is None:
-        seed = spec.dataset.seed + len(study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(spec, seed)
-    return study
+               seed: int) -> optuna.Study:
+    """Load the study made by ``create_study_once``, with a sampler seeded with ``seed`` (a
+    trial's: ``pipeline.plan.trial_seed``)."""
+    return optuna.load_study(study_name=name, storage=storage,
+                             sampler=make_sampler(spec, seed), pruner=make_pruner(spec))
 
 
 def state_name(state: TrialState) -> str:

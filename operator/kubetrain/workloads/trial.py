@@ -1,6 +1,7 @@
 """One trial of a sweep: ``python -m kubetrain.workloads.trial`` (a local process or a pod).
 
-It loads the study (created beforehand by the sweep driver or the operator), asks it for one
+It loads the study (created beforehand by the study server) with a sampler seeded with
+``--sampler-seed`` (each trial unit its own: ``pipeline.plan.trial_seed``), asks it for one
 trial, says which trial it owns (a ``trial`` event, first), trains in-process with that trial's
 hyperparameters, reporting the objective after every epoch so that the pruner can stop it, and
 tells the study how it ended: complete (the objective at the best epoch), pruned or failed.
@@ -29,14 +30,15 @@ from optuna.trial import TrialState
 
 from ..api import load_training_job
 from ..api.spec import TrainingJobSpec
+from ..report import Reporter, default_result_path
 from ..tuning.space import decode_params, distributions
 from ..tuning.study import TUNING_DIR, load_study, open_storage, state_name, trial_epochs
 from . import train
 from .args import add_common_arguments
-from ..report import Reporter, default_result_path
 
 PARENT_ENV = "KUBETRAIN_SWEEP_PID"
-"""Set by the local sweep driver: the trial ends with it (no orphaned trainings)."""
+"""The pid of a local executor that starts trial processes (optional): the trial ends with it
+(no orphaned trainings when the executor is killed)."""
 RESULT_FILE = "trial.json"
 
 
@@ -52,9 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--study", required=True, help="study name (created beforehand)")
     parser.add_argument("--study-server", default=None, metavar="HOST:PORT",
                         help="reach the study through this study server (GrpcStorageProxy)")
-    parser.add_argument("--sampler-seed", type=int, default=None,
-                        help="seed of this process's sampler (default: dataset.seed + the "
-                             "number of trials in the study)")
+    parser.add_argument("--sampler-seed", type=int, required=True,
+                        help="seed of this process's sampler; the plan gives each trial its own "
+                             "(pipeline.plan.trial_seed), so parallel trials never draw alike")
     return parser.parse_args(argv)
 
 
@@ -89,7 +91,7 @@ def objective_value(summary: dict[str, Any], metric: str, direction: str) -> flo
 
 
 def die_with_parent() -> None:
-    """Under the local sweep driver: get SIGTERM when it dies, even by SIGKILL (Linux)."""
+    """Under a local executor (``PARENT_ENV``): get SIGTERM when it dies, even by SIGKILL."""
     parent = os.environ.get(PARENT_ENV)
     if not parent or not sys.platform.startswith("linux"):
         return
