@@ -33,15 +33,22 @@ def test_stages_run_in_order_and_the_job_succeeds_with_findings() -> None:
     world.step()
     assert world.status.phase == "Running"
     assert world.running() == ["augment-0"]
-    world.tick(); world.finish("augment-0"); world.step()
+    world.tick()
+    world.finish("augment-0")
+    world.step()
     assert world.running() == ["augment-merge"]
-    world.tick(); world.finish("augment-merge", {"status": "succeeded", "kind": "image",
-                                                 "added": 100}); world.step()
+    world.tick()
+    world.finish("augment-merge", {"status": "succeeded", "kind": "image",
+                                                 "added": 100})
+    world.step()
     assert world.status.augmentation is not None and world.status.augmentation.added == 100
     assert world.running() == ["train"]
-    world.tick(30); world.finish("train"); world.step()
+    world.tick(30)
+    world.finish("train")
+    world.step()
     assert world.running() == ["explain"]
-    world.tick(); world.finish("explain", {"status": "succeeded", "method": "gradient",
+    world.tick()
+    world.finish("explain", {"status": "succeeded", "method": "gradient",
                                            "top_features": [{"feature": "pixel_3_4",
                                                              "mean_abs_shap": 0.2}]})
     step = world.step()
@@ -66,13 +73,16 @@ def test_augmentation_shards_run_at_once_up_to_the_limit() -> None:
                                          "image": {"rotation": 5}}))
     world.step()
     assert world.running() == ["augment-0", "augment-1", "augment-2"]
-    world.tick(); world.finish("augment-1"); world.step()
+    world.tick()
+    world.finish("augment-1")
+    world.step()
     assert world.running() == ["augment-0", "augment-2", "augment-3"]
     for name in ("augment-0", "augment-2", "augment-3"):
         world.finish(name)
     world.step()
     assert world.running() == ["augment-4"]
-    world.finish("augment-4"); world.step()
+    world.finish("augment-4")
+    world.step()
     assert world.running() == ["augment-merge"]
 
 
@@ -84,7 +94,8 @@ def test_cross_validation_folds_then_the_final_training() -> None:
     world.step()
     world.finish("fold-1", train_result(unit="fold-1", best_metrics={"val_accuracy": 0.8}))
     world.step()
-    world.finish("train"); world.step()
+    world.finish("train")
+    world.step()
     cv = world.status.training.cross_validation  # type: ignore[union-attr]
     assert cv is not None and cv.folds == 2 and cv.mean == pytest.approx(0.85)
 
@@ -100,7 +111,8 @@ def test_live_progress_and_a_running_cost_while_training_runs() -> None:
     assert world.status.progress == "3/10 epochs"
     first = world.status.findings.cost.total  # type: ignore[union-attr]
     assert first > 0
-    world.tick(600); world.step()
+    world.tick(600)
+    world.step()
     assert world.status.findings.cost.total > first  # type: ignore[union-attr]
 
 
@@ -119,7 +131,8 @@ def test_a_unit_that_exits_zero_without_a_result_is_a_failure() -> None:
 def test_a_failed_gang_restarts_from_its_checkpoint_as_a_new_attempt() -> None:
     world = World(make_job(training={"resources": {"nodes": 2}}, runPolicy={"backoffLimit": 2}))
     world.step()
-    world.tick(); world.fail("train", 137)
+    world.tick()
+    world.fail("train", 137)
     step = world.step()
     assert [s.unit for s in step.stop] == ["train"]
     assert world.unit("train").restarts == 1 and world.unit("train").attempt == 1
@@ -131,8 +144,11 @@ def test_a_failed_gang_restarts_from_its_checkpoint_as_a_new_attempt() -> None:
 def test_restarts_exhausted_fail_the_job_with_the_unit_and_exit_code() -> None:
     world = World(make_job(runPolicy={"backoffLimit": 1}))
     world.step()
-    world.fail("train", 3, output="ValueError: bad"); world.step(); world.step()
-    world.fail("train", 3, output="ValueError: bad"); world.step()
+    world.fail("train", 3, output="ValueError: bad")
+    world.step()
+    world.step()
+    world.fail("train", 3, output="ValueError: bad")
+    world.step()
     assert world.status.phase == "Failed"
     failed = world.condition("Failed")
     assert failed.reason == "BackoffLimitExceeded"
@@ -142,7 +158,8 @@ def test_restarts_exhausted_fail_the_job_with_the_unit_and_exit_code() -> None:
 def test_old_attempts_are_stopped_and_never_counted() -> None:
     world = World(make_job(runPolicy={"backoffLimit": 2}))
     world.step()
-    world.fail("train"); world.step()
+    world.fail("train")
+    world.step()
     # the old attempt's failed pod shows up again (not yet deleted): stop it, count nothing
     world.units["train"] = Observation(Seen.FAILED, 0, exit_code=1)
     step = world.step()
@@ -186,7 +203,8 @@ def test_a_sweep_runs_trials_as_units_with_one_seed_formula_then_the_summary() -
     run_sweep_to_the_end(world)
     assert world.running() == ["study", "tune-summary"]
     assert world.status.tuning.trials.complete == 4  # type: ignore[union-attr]
-    world.finish("tune-summary", summary_result()); world.step()
+    world.finish("tune-summary", summary_result())
+    world.step()
     assert "study" not in world.running()
     assert world.running() == ["train"]
     params = world.launches[-1].args
@@ -249,7 +267,8 @@ def test_a_trial_that_fails_on_its_own_counts_as_failed() -> None:
 def test_suspend_mid_sweep_then_resume_reaches_the_count_and_runs_no_trial_twice() -> None:
     world = World(make_job(tuning=sweep_spec()))
     world.step()
-    world.finish("trial-0", trial_result(0)); world.step()   # trial-2 starts
+    world.finish("trial-0", trial_result(0))
+    world.step()  # trial-2 starts
     world.job.spec.run_policy.suspend = True
     step = world.step()
     assert world.status.phase == "Suspended"
@@ -303,7 +322,9 @@ def test_budget_stop_stops_running_work_fills_the_cost_and_fails_the_job() -> No
 def test_budget_warn_only_sets_the_condition() -> None:
     world = World(make_job(findings={"cost": {"budget": {"maxCost": 1e-7,
                                                          "action": "warn"}}}))
-    world.step(); world.tick(5); step = world.step()
+    world.step()
+    world.tick(5)
+    step = world.step()
     assert world.status.phase == "Running" and world.condition("BudgetExceeded") is not None
     assert step.stop == [] and sum(e.reason == "BudgetExceeded" for e in step.events) == 1
     world.tick(5)
@@ -312,7 +333,8 @@ def test_budget_warn_only_sets_the_condition() -> None:
 
 def test_deadline_and_interrupt_stop_everything_and_fail() -> None:
     world = World(make_job(runPolicy={"activeDeadlineSeconds": 60}))
-    world.step(); world.tick(61)
+    world.step()
+    world.tick(61)
     step = world.step()
     assert world.condition("Failed").reason == "DeadlineExceeded" and step.stop
     world = World(make_job())
@@ -332,7 +354,9 @@ def test_problems_the_executor_found_make_the_job_invalid_and_launch_nothing() -
 
 def test_ttl_expires_only_after_it_passed() -> None:
     world = World(make_job(runPolicy={"ttlSecondsAfterFinished": 60}))
-    world.step(); world.finish("train"); world.step()
+    world.step()
+    world.finish("train")
+    world.step()
     world.tick(30)
     assert not world.step().expired
     world.tick(31)
@@ -342,7 +366,8 @@ def test_ttl_expires_only_after_it_passed() -> None:
 def test_a_resumed_local_run_keeps_finished_units_and_restarts_the_rest() -> None:
     world = World(make_job(tuning=sweep_spec(trials=2)))
     world.step()
-    world.finish("trial-0", trial_result(0)); world.step()
+    world.finish("trial-0", trial_result(0))
+    world.step()
     world.step(interrupted=True)
     status = resumed(world.status)
     assert status.phase == "Running"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from ..api.metrics import task_of_metric
 from ..api.resource import ManifestError, TrainingJob
 from ..api.status import Phase, TrainingJobStatus
 from ..augment import AugmentationError, check_augmentation
@@ -48,10 +49,10 @@ def preflight(job: TrainingJob, base_dir: Path) -> None:
     except (DatasetError, ModelError, AugmentationError) as error:
         raise ManifestError([f"spec.{error}"], job.metadata.name) from None
     es = spec.training.early_stopping
-    wrong = {"classification": "val_rmse", "regression": "val_accuracy"}[dataset.task]
-    if es and es.enabled and es.monitor == wrong:
-        raise ManifestError([f"spec.training.earlyStopping.monitor: {wrong} does not apply to "
-                             f"{dataset.task} data ({dataset.name})"], job.metadata.name)
+    needs = task_of_metric(es.monitor) if es and es.enabled else None
+    if es and needs not in (None, dataset.task):
+        raise ManifestError([f"spec.training.earlyStopping.monitor: {es.monitor} does not apply "
+                             f"to {dataset.task} data ({dataset.name})"], job.metadata.name)
     if len(dataset) < 10:
         raise ManifestError([f"spec.dataset: {dataset.name} has {len(dataset)} examples; "
                              "at least 10 are needed to split"], job.metadata.name)

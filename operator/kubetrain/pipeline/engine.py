@@ -17,6 +17,7 @@ import json
 from collections.abc import Mapping
 from datetime import datetime
 
+from ..api.metrics import headline_metric
 from ..api.resource import TrainingJob
 from ..api.results import (
     AugmentationResult,
@@ -430,7 +431,7 @@ class _Engine:
                  and isinstance(r := parse_result("fold", u.result), TrainingResult)]
         if folds and self.status.training is not None:
             self.status.training.cross_validation = st.cross_validation_summary(
-                folds, st.headline_metric(folds[0].task))
+                folds, headline_metric(folds[0].task))
 
     # ----- stopping -------------------------------------------------------------------------
 

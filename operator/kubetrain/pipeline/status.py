@@ -139,9 +139,6 @@ def cross_validation_summary(results: Sequence[TrainingResult],
     )
 
 
-def headline_metric(task: str) -> str:
-    return "val_accuracy" if task == "classification" else "val_rmse"
-
 
 def apply_overfitting(status: TrainingJobStatus, finding: OverfittingFinding, at: str) -> None:
     status.findings.overfitting = finding
