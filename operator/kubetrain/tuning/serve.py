@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="TrainingJob manifest: create its study before serving, so that "
                              "trial pods starting together never race to create it")
     parser.add_argument("--study", default=None, help="study name (default: the job's name)")
-    for ignored in ("--base-dir", "--data-root"):  # given to every unit; unused here
+    for ignored in ("--base-dir", "--data-root", "--result"):  # given to every unit; unused
         parser.add_argument(ignored, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
