@@ -36,6 +36,17 @@ def command_for(unit: WorkUnit, extra_args: list[str]) -> list[str]:
     ]
 
 
+def process_observation(*, attempt: int, exit_code: int | None, stopping: bool, seconds: float,
+                        progress: dict[str, Any] | None, result: dict[str, Any] | None,
+                        output: str | None) -> Observation:
+    """The engine's view of a unit's process group: running until it exits (exit_code set)."""
+    if exit_code is None:
+        return Observation(Seen.STOPPING if stopping else Seen.RUNNING, attempt, seconds,
+                           progress=progress)
+    return Observation(Seen.SUCCEEDED if exit_code == 0 else Seen.FAILED, attempt, seconds,
+                       progress=progress, result=result, exit_code=exit_code, output=output)
+
+
 class UnitProcess:
     """A running work unit. Its stdout carries events (to ``lines``); the rest goes to a log."""
 
@@ -89,14 +100,12 @@ class UnitProcess:
         return (self.finished or time.time()) - self.started
 
     def observation(self) -> Observation:
-        if self.alive:
-            state = Seen.STOPPING if self.stop_deadline is not None else Seen.RUNNING
-            return Observation(state, self.attempt, self.seconds, progress=self.progress)
-        code = self.proc.returncode
-        return Observation(Seen.SUCCEEDED if code == 0 else Seen.FAILED, self.attempt,
-                           self.seconds, progress=self.progress,
-                           result=read_result(self.result_path), exit_code=code,
-                           output=self.log_tail(3))
+        ended = not self.alive
+        return process_observation(
+            attempt=self.attempt, exit_code=self.proc.returncode if ended else None,
+            stopping=self.stop_deadline is not None, seconds=self.seconds,
+            progress=self.progress, result=read_result(self.result_path) if ended else None,
+            output=self.log_tail(3) if ended else None)
 
     def terminate(self, grace: float) -> None:
         """SIGTERM to the group (the trainer checkpoints and exits); SIGKILL after grace."""

@@ -1,0 +1,223 @@
+"""The stage engine's decisions on a real cluster: budget stop, sweeps that lose pods, suspend
+mid-sweep, the operator killed mid-sweep, augmentation shards at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+import pytest
+from k8s import (
+    apply_job,
+    get_json,
+    job_status,
+    kubectl,
+    operator_env,
+    small_job,
+    wait_for,
+    wait_phase,
+)
+
+pytestmark = pytest.mark.cluster
+TIMER_SECONDS = 3  # KUBETRAIN_TIMER_SECONDS in operator_env
+BUDGET_GRACE_SECONDS = 5  # pipeline.engine.BUDGET_GRACE_SECONDS
+
+
+def _pods(namespace: str, job: str) -> list[dict[str, Any]]:
+    return [p for p in get_json("pods", "-n", namespace).get("items", [])
+            if p["metadata"].get("labels", {}).get("kubetrain.io/job") == job]
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def sweep_job(name: str, *, trials: int, parallelism: int, epochs: int) -> dict[str, Any]:
+    """A random sweep whose trials each train for a while (batch 16: ~0.3 s an epoch)."""
+    return small_job(name, training={"epochs": 2, "batchSize": 64, "learningRate": 0.003,
+                                     "resources": {"cpu": "500m", "memory": "1Gi"}},
+                     tuning={"enabled": True, "sampler": "random", "pruner": "none",
+                             "trials": trials, "parallelism": parallelism,
+                             "epochsPerTrial": epochs,
+                             "searchSpace": {"batchSize": {"type": "categorical",
+                                                           "choices": [16]},
+                                             "learningRate": {"type": "float", "low": 1e-3,
+                                                              "high": 1e-2, "log": True}}})
+
+
+def _trial_units(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    units = status["stages"]["tuning"]["units"]
+    return {n: u for n, u in units.items() if n.startswith("trial-")}
+
+
+def _counted(status: dict[str, Any]) -> list[str]:
+    return [n for n, u in _trial_units(status).items()
+            if u["phase"] in ("Succeeded", "Failed") and not u.get("replaced")]
+
+
+def _unit_phase(namespace: str, job: str, unit: str) -> str | None:
+    stages = job_status(namespace, job).get("stages") or {}
+    for stage in stages.values():
+        if unit in (stage.get("units") or {}):
+            return str(stage["units"][unit]["phase"])
+    return None
+
+
+def test_budget_stop_removes_running_pods_and_fails_with_the_cost(namespace: str,
+                                                                  operator: Any) -> None:
+    # 500m CPU + 1 GiB at the default prices is ~5.6e-6 USD a second: ~9 s of training.
+    apply_job(namespace, small_job("budget", training={
+        "epochs": 500, "batchSize": 16, "resources": {"cpu": "500m", "memory": "1Gi"}},
+        findings={"cost": {"budget": {"maxCost": 5e-5, "action": "stop"}}}))
+    running = wait_for(lambda: (s := job_status(namespace, "budget")).get("phase") == "Running"
+                       and (s.get("findings", {}).get("cost") or {}).get("total", 0) > 0 and s,
+                       240, "a running cost while the job runs")
+    assert running["findings"]["cost"]["total"] < 5e-5
+    column = kubectl("get", "tj", "budget", "-n", namespace).stdout
+    assert "Running" in column and "<none>" not in column.splitlines()[1].split()[5]
+    status = wait_phase(namespace, "budget", ("Succeeded", "Failed"), timeout=240)
+    exceeded = next(c for c in status["conditions"] if c["type"] == "BudgetExceeded")
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert exceeded["status"] == "True" and failed["reason"] == "BudgetExceeded"
+    assert status["findings"]["cost"]["total"] >= 5e-5
+    assert status["findings"]["cost"]["budget"]["exceeded"] is True
+    assert status["training"]["epoch"] < 500
+    stopped_at = _time(exceeded["lastTransitionTime"])
+
+    def train_pods_gone() -> bool:
+        return not [p for p in _pods(namespace, "budget")
+                    if p["metadata"]["labels"].get("kubetrain.io/unit") == "train"]
+
+    wait_for(train_pods_gone, 60, "the training pod to be gone", interval=0.5)
+    gone_after = (datetime.now(stopped_at.tzinfo) - stopped_at).total_seconds()
+    # two observation intervals, the stop's grace period, and the seconds the timestamps round
+    assert gone_after <= 2 * TIMER_SECONDS + BUDGET_GRACE_SECONDS + 2, gone_after
+
+
+def test_a_deleted_trial_pod_is_replaced_and_the_sweep_reaches_its_count(
+        namespace: str, operator: Any) -> None:
+    apply_job(namespace, sweep_job("lose", trials=3, parallelism=2, epochs=40))
+    wait_for(lambda: _unit_phase(namespace, "lose", "trial-0") == "Running"
+             and any(p["metadata"]["name"] == "lose-trial-0"
+                     and p["status"].get("phase") == "Running" for p in _pods(namespace, "lose")),
+             240, "trial-0 running")
+    time.sleep(5)
+    assert _unit_phase(namespace, "lose", "trial-0") == "Running", "trial-0 ended too soon"
+    kubectl("delete", "pod", "lose-trial-0", "-n", namespace, "--wait=false")
+    status = wait_phase(namespace, "lose", ("Succeeded", "Failed"), timeout=600)
+    assert status["phase"] == "Succeeded", json.dumps(status)[:3000]
+    trials = _trial_units(status)
+    assert trials["trial-0"]["replaced"] is True
+    assert len(_counted(status)) == 3
+    assert status["tuning"]["trials"]["complete"] == 3  # the study: three complete trials
+    assert status["tuning"]["trials"]["failed"] >= 1    # and the lost one, failed
+    assert status["findings"]["cost"]["byStage"]["tuning"]["cost"] > 0
+    assert all(u.get("cost", 0) > 0 for n, u in trials.items() if n in _counted(status))
+
+
+def test_suspend_mid_sweep_then_resume_reaches_the_count_with_no_trial_run_twice(
+        namespace: str, operator: Any) -> None:
+    apply_job(namespace, sweep_job("pause", trials=4, parallelism=2, epochs=25))
+
+    def one_done_one_running() -> bool:
+        trials = _trial_units(job_status(namespace, "pause")) if job_status(
+            namespace, "pause").get("stages", {}).get("tuning") else {}
+        phases = [u["phase"] for u in trials.values()]
+        return "Succeeded" in phases and "Running" in phases
+
+    wait_for(one_done_one_running, 400, "a finished trial and a running one")
+    kubectl("patch", "tj", "pause", "-n", namespace, "--type=merge", "-p",
+            '{"spec":{"runPolicy":{"suspend":true}}}')
+    wait_phase(namespace, "pause", ("Suspended",), timeout=60)
+    wait_for(lambda: not _pods_running(namespace, "pause"), 90, "the pods to stop")
+    suspended = job_status(namespace, "pause")
+    finished_before = {n for n, u in _trial_units(suspended).items() if u["phase"] == "Succeeded"}
+    kubectl("patch", "tj", "pause", "-n", namespace, "--type=merge", "-p",
+            '{"spec":{"runPolicy":{"suspend":false}}}')
+    status = wait_phase(namespace, "pause", ("Succeeded", "Failed"), timeout=600)
+    assert status["phase"] == "Succeeded", json.dumps(status)[:3000]
+    trials = _trial_units(status)
+    assert finished_before and all(trials[n]["phase"] == "Succeeded" for n in finished_before)
+    assert len(_counted(status)) == 4
+    assert any(u.get("replaced") for u in trials.values())  # the one the suspend cut short
+    # Each trial unit asked the study for one trial at most: no trial ran twice.
+    assert all(u["attempt"] == 0 for u in trials.values())
+    assert status["tuning"]["trials"]["total"] <= len(trials)
+    assert status["tuning"]["trials"]["complete"] == 4
+
+
+def _pods_running(namespace: str, job: str) -> list[str]:
+    return [p["metadata"]["name"] for p in _pods(namespace, job)
+            if p["status"].get("phase") in ("Pending", "Running")
+            and p["metadata"]["labels"].get("kubetrain.io/unit") != "report"]
+
+
+def _start_operator(namespace: str) -> subprocess.Popen[bytes]:
+    with operator_env(namespace):
+        env = dict(os.environ)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kubetrain.cli", "operator", "-n", namespace,
+         "--liveness", "http://127.0.0.1:0/healthz"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def test_operator_killed_during_a_sweep_makes_no_duplicate_trial_pods(namespace: str) -> None:
+    apply_job(namespace, sweep_job("kill", trials=4, parallelism=2, epochs=15))
+    uids: dict[str, set[str]] = {}
+
+    def record() -> None:
+        for pod in _pods(namespace, "kill"):
+            uids.setdefault(pod["metadata"]["name"], set()).add(pod["metadata"]["uid"])
+
+    proc = _start_operator(namespace)
+    try:
+        for _ in range(2):
+            wait_for(lambda: any(n.startswith("kill-trial") for n in _pods_running(
+                namespace, "kill")), 300, "a running trial pod")
+            time.sleep(3)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            record()
+            time.sleep(2)
+            proc = _start_operator(namespace)
+        deadline = time.time() + 600
+        while time.time() < deadline and job_status(namespace, "kill").get("phase") not in (
+                "Succeeded", "Failed"):
+            record()
+            time.sleep(1)
+        status = job_status(namespace, "kill")
+        record()
+    finally:
+        kubectl("delete", "tj", "kill", "-n", namespace, "--wait=false", check=False)
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert status["phase"] == "Succeeded", json.dumps(status)[:3000]
+    assert {name: len(u) for name, u in uids.items() if len(u) > 1} == {}
+    assert len(_counted(status)) == 4
+    assert status["tuning"]["trials"]["complete"] == 4
+
+
+def test_augmentation_shards_run_at_once(namespace: str, operator: Any) -> None:
+    # Three one-process shards of 300m each fit on the test node beside the operator.
+    apply_job(namespace, small_job("shards", training={
+        "epochs": 2, "batchSize": 64, "resources": {"cpu": "300m", "memory": "1Gi"}},
+        augmentation={"enabled": True, "multiplier": 4, "shards": 3, "parallelism": 3,
+                      "image": {"rotation": 10, "noiseStd": 0.05}}))
+    status = wait_phase(namespace, "shards", ("Succeeded", "Failed"), timeout=400)
+    assert status["phase"] == "Succeeded", json.dumps(status)[:3000]
+    spans = []
+    for pod in _pods(namespace, "shards"):
+        if pod["metadata"]["labels"].get("kubetrain.io/role") != "augment-shard":
+            continue
+        state = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+        spans.append((_time(state["startedAt"]), _time(state["finishedAt"])))
+    assert len(spans) == 3
+    # every shard started before any shard finished: they ran at once
+    assert max(start for start, _ in spans) <= min(end for _, end in spans)
