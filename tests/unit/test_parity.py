@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import yaml
 from engine_world import T0, summary_result, train_result, trial_result
-
 from kubetrain.api import parse_training_job
 from kubetrain.api.resource import TrainingJob
 from kubetrain.api.status import TrainingJobStatus
