@@ -1,4 +1,10 @@
-"""The tuning stage as it runs: a real Optuna study, real trial processes, tiny trainings."""
+"""The tuning stage as it runs: a real Optuna study, real trial units, tiny trainings.
+
+The library (samplers, pruners, the study) is tested directly; the sweep goes through the
+user's command, ``kubetrain run``, whose stage engine starts the study server, the trial units
+(``python -m kubetrain.workloads.trial``) and the summary (``kubetrain.workloads.tune
+--summarize``); the summary and the Ray sweep are also run as units of their own.
+"""
 
 from __future__ import annotations
 
@@ -15,27 +21,30 @@ from typing import Any
 
 import optuna
 import pytest
+import yaml
 from kubetrain.api.spec import TrainingJobSpec
 from kubetrain.pipeline.params import apply_params
+from kubetrain.pipeline.plan import target_trials
+from kubetrain.report import MAX_RESULT_BYTES, parse_event
 from kubetrain.tuning import space as sp
 from kubetrain.tuning import study as st
-from kubetrain.report import MAX_RESULT_BYTES, parse_event
-from kubetrain.workloads.tune import target_trials
 from pydantic import ValidationError
 from support import base_manifest
 
 SPACE = {"learningRate": {"type": "float", "low": 1e-4, "high": 0.05, "log": True}}
 # Clearly bad values at the low end: 1e-6 barely moves the weights in a few epochs.
 WIDE_SPACE = {"learningRate": {"type": "float", "low": 1e-6, "high": 0.1, "log": True}}
+TRIAL_MODULE = "kubetrain.workloads.trial"
+FINISHED = ("Succeeded", "Failed")
 
 
-def sweep_manifest(epochs: int = 2, **tuning: Any) -> dict[str, Any]:
+def sweep_manifest(epochs: int = 2, batch_size: int = 64, **tuning: Any) -> dict[str, Any]:
     settings = {"enabled": True, "sampler": "tpe", "pruner": "none", "trials": 3,
                 "parallelism": 1, "searchSpace": SPACE,
                 "objective": {"metric": "val_accuracy", "direction": "maximize"}, **tuning}
     return base_manifest(
         model={"builtin": "mlp", "params": {"hiddenUnits": [32]}},
-        training={"epochs": epochs, "batchSize": 64, "learningRate": 0.003},
+        training={"epochs": epochs, "batchSize": batch_size, "learningRate": 0.003},
         tuning=settings,
     )
 
@@ -44,48 +53,101 @@ def spec_of(manifest: dict[str, Any]) -> TrainingJobSpec:
     return TrainingJobSpec.model_validate(manifest["spec"])
 
 
-def run_driver(job: Path, storage: Path,
-               on_event: Callable[[dict[str, Any]], None] | None = None,
-               timeout: float = 400) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
-    """The sweep driver as the executor runs it: its events, exit code and result file."""
-    result_file = storage / "tune" / "result.json"
-    result_file.unlink(missing_ok=True)
-    storage.mkdir(parents=True, exist_ok=True)
-    with (storage / "driver-stderr.txt").open("a") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kubetrain.workloads.tune", "--job", str(job),
-             "--storage", str(storage), "--result", str(result_file)],
-            stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
-        events = []
-        deadline = time.time() + timeout
-        assert proc.stdout is not None
+def open_study(storage: Path, name: str = "test-job") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=st.open_storage(storage))
+
+
+def trials_table(storage: Path) -> dict[int, dict[str, Any]]:
+    """The sweep's trials table (``<storage>/tuning/trials.json``) by trial number."""
+    rows = json.loads((storage / "tuning" / "trials.json").read_text())
+    return {row["number"]: row for row in rows}
+
+
+# ----- `kubetrain run`, watched -------------------------------------------------------------
+
+
+def trial_pids(storage: Path) -> set[int]:
+    """The live trial processes of the job in ``storage`` (their command line names it)."""
+    marker = str(storage.resolve())
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            for line in proc.stdout:
-                event = parse_event(line)
-                if event is not None:
-                    events.append(event)
-                    if on_event is not None:
-                        on_event(event)
-                assert time.time() < deadline, "the sweep took too long"
-            code = proc.wait(timeout=60)
+            argv = [a.decode(errors="replace")
+                    for a in (entry / "cmdline").read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        if TRIAL_MODULE in argv and any(marker in a for a in argv):
+            found.add(int(entry.name))
+    return found
+
+
+Watch = Callable[[set[int], "subprocess.Popen[str]"], None]
+
+
+def run_job(job: Path, storage: Path, *extra: str, watch: Watch | None = None,
+            timeout: float = 400) -> tuple[int, dict[str, Any], str]:
+    """``kubetrain run FILE --storage DIR`` as a user runs it: exit code, the status it printed
+    (empty when it printed none) and its stderr. ``watch`` sees the live trial processes."""
+    out, err = storage.parent / "run-stdout.txt", storage.parent / "run-stderr.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kubetrain.cli", "run", str(job), "--storage", str(storage),
+             "--no-progress", *extra], stdout=stdout, stderr=stderr, text=True)
+        deadline = time.time() + timeout
+        try:
+            while proc.poll() is None:
+                assert time.time() < deadline, "the job took too long"
+                if watch is not None:
+                    watch(trial_pids(storage), proc)
+                time.sleep(0.03)
         finally:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-    assert result_file.exists(), (storage / "driver-stderr.txt").read_text()[-3000:]
-    assert len(result_file.read_bytes()) <= MAX_RESULT_BYTES
-    return code, events, json.loads(result_file.read_text())
+                proc.send_signal(signal.SIGINT)  # the executor stops its units
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    manifest = yaml.safe_load(out.read_text()) or {}
+    return proc.returncode, manifest.get("status") or {}, err.read_text()
+
+
+def trial_units(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The trial units of the tuning stage (``trial-N``), as status records them."""
+    units = status["stages"]["tuning"]["units"]
+    return {name: unit for name, unit in units.items() if name.startswith("trial-")}
+
+
+def counted(units: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Trial units that count towards the sweep's target: finished and not replaced."""
+    return {n: u for n, u in units.items() if u["phase"] in FINISHED and not u.get("replaced")}
+
+
+# ----- a tuning unit on its own ---------------------------------------------------------------
+
+
+def run_unit(job: Path, storage: Path, *extra: str, timeout: float = 400,
+             ) -> tuple[int, list[dict[str, Any]], dict[str, Any], str]:
+    """``python -m kubetrain.workloads.tune`` as an executor starts it: exit code, events,
+    result file and stderr."""
+    result_file = storage.parent / "tune-result.json"
+    result_file.unlink(missing_ok=True)
+    storage.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubetrain.workloads.tune", "--job", str(job),
+         "--storage", str(storage), "--result", str(result_file), *extra],
+        capture_output=True, text=True, timeout=timeout)
+    events = [e for e in map(parse_event, proc.stdout.splitlines()) if e]
+    result = json.loads(result_file.read_text()) if result_file.exists() else {}
+    if result:
+        assert len(result_file.read_bytes()) <= MAX_RESULT_BYTES
+    return proc.returncode, events, result, proc.stderr
 
 
 def trial_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e["event"] == "trial"]
-
-
-def table(result: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    return {row["number"]: row for row in json.loads(Path(result["trials_table"]).read_text())}
-
-
-def open_study(storage: Path, name: str = "test-job") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=st.open_storage(storage))
 
 
 # ----- the library ------------------------------------------------------------------------
@@ -189,105 +251,207 @@ def test_summary_counts_states_and_fails_only_orphans(tmp_path: Path) -> None:
     assert totals["epochs_saved_by_pruning"] == 1  # 2 epochs planned, pruned after 1
 
 
-# ----- the work units -----------------------------------------------------------------------
+# ----- the sweep through `kubetrain run` ----------------------------------------------------
 
 
 def test_sweep_runs_parallel_trials_to_the_budget_and_names_the_best(
         tmp_path: Path, write_manifest: Any) -> None:
-    manifest = sweep_manifest(trials=4, parallelism=2)
-    job, storage = write_manifest(manifest), tmp_path / "storage"
-    code, events, result = run_driver(job, storage)
-    assert code == 0, result
-    assert result["status"] == "succeeded"
-    assert result["trials"] == {"total": 4, "running": 0, "complete": 4, "pruned": 0,
+    job, storage = write_manifest(sweep_manifest(trials=4, parallelism=2)), tmp_path / "storage"
+    at_once: list[int] = []
+    code, status, stderr = run_job(job, storage,
+                                   watch=lambda pids, _: at_once.append(len(pids)))
+    assert code == 0, stderr[-3000:]
+    assert status["phase"] == "Succeeded"
+    tuning = status["tuning"]
+    assert tuning["trials"] == {"total": 4, "running": 0, "complete": 4, "pruned": 0,
                                 "failed": 0}
-    rows = table(result)
+    assert max(at_once) == 2, "the trials did not run two at a time"
+    rows = trials_table(storage)
     assert sorted(rows) == [0, 1, 2, 3]
     best = max(rows.values(), key=lambda r: r["value"])
-    assert result["best"] == {"trial": best["number"], "params": best["params"],
+    assert tuning["best"] == {"trial": best["number"], "params": best["params"],
                               "value": best["value"]}
-    assert result["best"]["value"] > 0.5
-    assert result["epochs_run"] == 8 and result["epochs_saved_by_pruning"] == 0
-    assert result["trial_seconds"] > 0
+    assert tuning["best"]["value"] > 0.5
+    assert tuning["epochsRun"] == 8 and tuning["epochsSavedByPruning"] == 0
     assert len({json.dumps(r["params"]) for r in rows.values()}) == 4, "trials drew alike"
-    # Live table: each trial shows running, its epochs, then its end, with counts and best.
-    for number in rows:
-        mine = [e for e in trial_events(events) if e["number"] == number]
-        assert mine[0]["state"] == "running" and mine[-1]["state"] == "complete"
-        assert [e["epoch"] for e in mine if e["state"] == "running"] == [0, 1, 2]
-    last = trial_events(events)[-1]
-    assert last["counts"]["complete"] == 4 and last["best"] == result["best"]
+    # One unit per trial, each with its trial's result and its cost.
+    units = trial_units(status)
+    assert sorted(units) == ["trial-0", "trial-1", "trial-2", "trial-3"]
+    assert sorted(u["result"]["trial"] for u in units.values()) == [0, 1, 2, 3]
+    for unit in units.values():
+        assert unit["phase"] == "Succeeded" and not unit.get("replaced")
+        assert unit["cost"] > 0
+        result, row = unit["result"], rows[unit["result"]["trial"]]
+        assert result["state"] == "complete" and result["epochs_run"] == 2
+        assert (result["value"], result["params"]) == (row["value"], row["params"])
+        assert result["seconds"] > 0
     # Each trial trained in its own folder, and its model is there.
     assert all((storage / "tuning" / f"trial-{n}" / "model.pt").exists() for n in rows)
 
 
 def test_a_killed_trial_is_failed_and_the_sweep_goes_on(tmp_path: Path,
                                                         write_manifest: Any) -> None:
-    job = write_manifest(sweep_manifest(epochs=3, trials=3, parallelism=1))
+    # Five epochs in batches of 16: time to kill a trial in the middle of its training.
+    job = write_manifest(sweep_manifest(epochs=5, batch_size=16, trials=3, parallelism=1))
     storage = tmp_path / "storage"
     killed: list[int] = []
 
-    def kill_first(event: dict[str, Any]) -> None:
-        if event["event"] == "trial" and event["state"] == "running" and not killed:
-            killed.append(event["number"])
-            # SIGKILL: no chance to tell the study, as when a node dies or the OOM killer hits.
-            os.killpg(event["pid"], signal.SIGKILL)
+    def kill_one_in_training(pids: set[int], _: Any) -> None:
+        if killed or len(pids) != 1:
+            return
+        # One trial at a time: a folder with a checkpoint and no history yet (written at the
+        # end) is the running trial's, which owns a study trial and has trained an epoch.
+        for folder in sorted((storage / "tuning").glob("trial-*")):
+            training = (folder / "checkpoints" / "latest.pt").exists() and \
+                not (folder / "history.json").exists()
+            if training and pids == trial_pids(storage):
+                # SIGKILL: no chance to tell the study, as when a node dies or the OOM
+                # killer hits.
+                os.kill(next(iter(pids)), signal.SIGKILL)
+                killed.append(int(folder.name.removeprefix("trial-")))
+                return
 
-    code, events, result = run_driver(job, storage, on_event=kill_first)
-    assert code == 0, result
-    assert killed == [0]
-    rows = table(result)
-    assert rows[0]["state"] == "failed"
-    assert result["trials"] == {"total": 3, "running": 0, "complete": 2, "pruned": 0,
-                                "failed": 1}
-    assert result["best"]["trial"] in (1, 2)
-    failed = [e for e in trial_events(events) if e["number"] == 0 and e["state"] == "failed"]
-    assert failed and "code -9" in failed[0]["error"]
+    code, status, stderr = run_job(job, storage, watch=kill_one_in_training)
+    assert code == 0, stderr[-3000:]
+    assert killed, "no trial was caught in the middle of its training"
+    assert status["phase"] == "Succeeded"
+    rows = trials_table(storage)
+    assert rows[killed[0]]["state"] == "failed"
+    units = trial_units(status)
+    cut = [u for u in units.values() if u["phase"] == "Failed"]
+    assert len(cut) == 1 and cut[0]["message"], units
+    assert len(counted(units)) == 3, "the sweep did not reach its three trials"
+    trials = status["tuning"]["trials"]
+    assert trials["running"] == 0 and trials["failed"] == 1
+    # Counted as a failed trial, or replaced by a new one: three trials finished either way.
+    assert trials["complete"] == (3 if cut[0].get("replaced") else 2)
+    assert trials["total"] == trials["complete"] + trials["failed"] == len(rows)
+    assert status["tuning"]["best"]["trial"] != killed[0]
 
 
-def test_a_rerun_continues_the_stored_study(tmp_path: Path, write_manifest: Any) -> None:
-    storage = tmp_path / "storage"
-    job = write_manifest(sweep_manifest(trials=2, parallelism=2))
-    code, _, first = run_driver(job, storage)
-    assert code == 0 and first["trials"]["complete"] == 2
-    before = table(first)
-    # A driver killed with its trial: the study still has a RUNNING trial nobody runs.
-    spec = spec_of(sweep_manifest(trials=4))
-    orphan = open_study(storage).ask(sp.distributions(spec.tuning.search_space))
+def test_a_resumed_run_continues_the_stored_study(tmp_path: Path,
+                                                   write_manifest: Any) -> None:
+    manifest = sweep_manifest(trials=3, parallelism=1)
+    job, storage, spec = write_manifest(manifest), tmp_path / "storage", spec_of(manifest)
+    started: list[int] = []
 
-    job = write_manifest(sweep_manifest(trials=4, parallelism=2))
-    code, events, second = run_driver(job, storage)
-    assert code == 0, second
-    start = next(e for e in events if e["event"] == "start")
-    assert start["orphaned_failed"] == [orphan.number] and start["finished"] == 3
-    after = table(second)
-    assert sorted(after) == [0, 1, 2, 3]
+    def ctrl_c_in_the_second_trial(pids: set[int], proc: subprocess.Popen[str]) -> None:
+        started.extend(sorted(pids - set(started)))
+        if len(started) == 2:  # one trial at a time: the first has ended
+            proc.send_signal(signal.SIGINT)
+            started.append(-1)  # once
+
+    code, _, stderr = run_job(job, storage, watch=ctrl_c_in_the_second_trial)
+    assert code == 130, stderr[-3000:]
+    study = open_study(storage)
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    before = {t.number: st.trial_row(t, spec.tuning.search_space)
+              for t in study.trials if t.state in done}
+    assert [row["state"] for row in before.values()] == ["complete"]
+    # A run killed outright (kill -9) leaves a trial RUNNING that nobody runs.
+    orphan = study.ask(sp.distributions(spec.tuning.search_space))
+
+    code, status, stderr = run_job(job, storage, "--resume")
+    assert code == 0, stderr[-3000:]
+    assert status["phase"] == "Succeeded"
+    after = trials_table(storage)
     assert {n: after[n] for n in before} == before, "earlier trials must stay as they were"
     assert after[orphan.number]["state"] == "failed"
-    assert {e["number"] for e in trial_events(events)} == {3}, "only the missing trial runs"
-    assert second["trials"]["total"] == 4 and second["trials"]["running"] == 0
-
-    code, events, third = run_driver(job, storage)  # nothing left to do
-    assert code == 0 and trial_events(events) == []
-    assert third["trials"] == second["trials"] and third["best"] == second["best"]
+    trials = status["tuning"]["trials"]
+    # Only the missing trials ran: three complete, the one of the first run included.
+    assert trials["complete"] == 3, trials
+    assert trials["running"] == 0 and trials["pruned"] == 0
+    assert trials["total"] == len(after) == trials["complete"] + trials["failed"]
+    assert "running" not in {row["state"] for row in after.values()}
 
 
 def test_median_pruning_stops_bad_trials_across_processes(tmp_path: Path,
                                                           write_manifest: Any) -> None:
-    job = write_manifest(sweep_manifest(epochs=3, trials=6, parallelism=2, sampler="random",
-                                        pruner="median", searchSpace=WIDE_SPACE))
-    code, _, result = run_driver(job, tmp_path / "storage")
-    assert code == 0, result
-    rows = table(result).values()
+    manifest = sweep_manifest(epochs=3, trials=6, parallelism=2, sampler="random",
+                              pruner="median", searchSpace=WIDE_SPACE)
+    # A high price, so that what pruning saved shows in the cost's six decimals.
+    manifest["spec"]["findings"] = {"cost": {"prices": {"cpuHour": 100}}}
+    storage = tmp_path / "storage"
+    code, status, stderr = run_job(write_manifest(manifest), storage)
+    assert code == 0, stderr[-3000:]
+    rows = list(trials_table(storage).values())
     pruned = [r for r in rows if r["state"] == "pruned"]
     complete = [r for r in rows if r["state"] == "complete"]
     assert pruned, "no trial was pruned"
     assert all(r["epochs"] < 3 for r in pruned)
-    assert result["epochs_saved_by_pruning"] == sum(3 - r["epochs"] for r in pruned)
-    assert result["epochs_run"] == sum(r["epochs"] for r in rows)
+    tuning = status["tuning"]
+    assert tuning["trials"] == {"total": 6, "running": 0, "complete": len(complete),
+                                "pruned": len(pruned), "failed": 6 - len(complete) - len(pruned)}
+    assert tuning["epochsSavedByPruning"] == sum(3 - r["epochs"] for r in pruned)
+    assert tuning["epochsRun"] == sum(r["epochs"] for r in rows)
+    assert status["findings"]["cost"]["savedByPruning"] > 0
     # What was pruned was worse than what completed.
     assert max(r["value"] for r in pruned) < max(r["value"] for r in complete)
-    assert result["best"]["params"]["learningRate"] > 1e-3
+    assert tuning["best"]["params"]["learningRate"] > 1e-3
+    # A pruned trial's unit did what was asked of it: it succeeded, its result says pruned.
+    units = trial_units(status)
+    assert all(u["phase"] == "Succeeded" for u in units.values())
+    assert sorted(u["result"]["state"] for u in units.values()) == sorted(
+        r["state"] for r in rows)
+
+
+# ----- the summary and the study server, as units of their own ----------------------------
+
+
+def test_the_summary_fails_orphaned_trials_and_reports_the_sweep(
+        tmp_path: Path, write_manifest: Any) -> None:
+    manifest = sweep_manifest(trials=4)
+    job, storage, spec = write_manifest(manifest), tmp_path / "storage", spec_of(manifest)
+    study = st.create_study_once(st.open_storage(storage), "test-job", spec)
+    dists = sp.distributions(spec.tuning.search_space)
+    for value in (0.6, 0.8):
+        trial = study.ask(dists)
+        trial.report(value / 2, 1)
+        trial.report(value, 2)
+        trial.set_user_attr("epochs_run", 2)
+        study.tell(trial, value)
+    pruned = study.ask(dists)
+    pruned.report(0.1, 1)
+    pruned.set_user_attr("epochs_run", 1)
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    # Its trial unit was killed after one epoch, before it could tell the study.
+    orphan = study.ask(dists)
+    orphan.report(0.5, 1)
+
+    code, _, result, stderr = run_unit(job, storage, "--summarize")
+    assert code == 0, stderr[-3000:]
+    assert result["unit"] == "tune-summary" and result["status"] == "succeeded"
+    assert result["orphaned_failed"] == [orphan.number]
+    assert result["trials"] == {"total": 4, "running": 0, "complete": 2, "pruned": 1,
+                                "failed": 1}
+    assert result["best"] == {"trial": 1, "params": study.trials[1].params, "value": 0.8}
+    assert result["epochs_run"] == 6  # 2 + 2 + 1, and the orphan's one reported epoch
+    assert result["epochs_saved_by_pruning"] == 1  # 2 epochs planned, pruned after 1
+    assert result["trials_table"] == str(storage / "tuning" / "trials.json")
+    rows = trials_table(storage)
+    assert [rows[n]["state"] for n in sorted(rows)] == ["complete", "complete", "pruned",
+                                                         "failed"]
+    assert open_study(storage).trials[orphan.number].state == optuna.trial.TrialState.FAIL
+
+
+def test_a_summary_without_a_complete_trial_fails_the_stage(tmp_path: Path,
+                                                            write_manifest: Any) -> None:
+    manifest = sweep_manifest()
+    job, storage, spec = write_manifest(manifest), tmp_path / "storage", spec_of(manifest)
+    study = st.create_study_once(st.open_storage(storage), "test-job", spec)
+    study.tell(study.ask(sp.distributions(spec.tuning.search_space)),
+               state=optuna.trial.TrialState.FAIL)
+    code, _, result, _ = run_unit(job, storage, "--summarize")
+    assert code == 1
+    assert result["status"] == "failed" and "no trial completed" in result["message"]
+    assert result["trials"]["failed"] == 1
+
+
+def test_the_optuna_backend_runs_no_sweep_inside_the_tune_unit(tmp_path: Path,
+                                                               write_manifest: Any) -> None:
+    code, _, result, stderr = run_unit(write_manifest(sweep_manifest()), tmp_path / "storage")
+    assert code == 2 and result == {}
+    assert "--summarize" in stderr and "kubetrain.workloads.trial" in stderr
 
 
 def _free_port() -> int:
@@ -296,18 +460,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_a_trial_reaches_the_study_through_the_study_server(tmp_path: Path,
-                                                            write_manifest: Any) -> None:
+def test_a_trial_and_the_summary_reach_the_study_through_the_study_server(
+        tmp_path: Path, write_manifest: Any) -> None:
     manifest = sweep_manifest()
     job, storage, port = write_manifest(manifest), tmp_path / "storage", _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "kubetrain.tuning.serve", "--storage", str(storage),
-         "--port", str(port), "--host", "127.0.0.1"],
+         "--port", str(port), "--host", "127.0.0.1", "--job", str(job)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         address = f"127.0.0.1:{port}"
-        proxy = st.open_storage(storage, study_server=address, wait_seconds=60)
-        st.create_study_once(proxy, "test-job", spec_of(manifest))
         trial = subprocess.run(
             [sys.executable, "-m", "kubetrain.workloads.trial", "--job", str(job),
              "--storage", str(storage), "--study", "test-job", "--study-server", address,
@@ -318,6 +480,12 @@ def test_a_trial_reaches_the_study_through_the_study_server(tmp_path: Path,
         assert events[0]["event"] == "trial" and events[0]["state"] == "running"
         result = events[-1]["summary"]
         assert result["state"] == "complete" and result["epochs_run"] == 2
+        code, _, summary, stderr = run_unit(job, storage, "--summarize",
+                                            "--study-server", address)
+        assert code == 0, stderr[-3000:]
+        assert summary["trials"]["complete"] == 1 and summary["orphaned_failed"] == []
+        assert summary["best"] == {"trial": 0, "params": result["params"],
+                                   "value": result["value"]}
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0, server.stderr and server.stderr.read()
@@ -332,20 +500,33 @@ def test_a_trial_reaches_the_study_through_the_study_server(tmp_path: Path,
 def test_ray_backend_runs_the_same_sweep(tmp_path: Path, write_manifest: Any) -> None:
     job = write_manifest(sweep_manifest(epochs=3, trials=3, parallelism=2, backend="ray",
                                         pruner="median", searchSpace=WIDE_SPACE))
-    code, events, result = run_driver(job, tmp_path / "storage", timeout=600)
-    assert code == 0, result
-    assert result["backend"] == "ray"
+    storage = tmp_path / "storage"
+    code, events, result, stderr = run_unit(job, storage, timeout=600)
+    assert code == 0, stderr[-3000:]
+    assert result["unit"] == "tune" and result["backend"] == "ray"
     counts = result["trials"]
     assert counts["total"] == 3 and counts["running"] == 0 and counts["failed"] == 0
     assert counts["complete"] + counts["pruned"] == 3 and counts["complete"] >= 1
-    rows = table(result)
+    rows = trials_table(storage)
     best = max((r for r in rows.values() if r["state"] == "complete"), key=lambda r: r["value"])
     assert result["best"]["trial"] == best["number"]
     assert result["epochs_run"] == sum(r["epochs"] for r in rows.values())
     assert {e["number"] for e in trial_events(events)} == {0, 1, 2}
+    last = trial_events(events)[-1]
+    assert last["counts"]["total"] == 3 and last["best"] == result["best"]
     # The trials trained in the same folders as with the optuna backend; complete ones
     # finished there (history and model written).
     for number, row in rows.items():
-        folder = tmp_path / "storage" / "tuning" / f"trial-{number}"
+        folder = storage / "tuning" / f"trial-{number}"
         assert (folder / "checkpoints").is_dir()
         assert (folder / "model.pt").exists() == (row["state"] == "complete")
+
+
+@pytest.mark.slow
+def test_ray_backend_stops_a_grid_at_its_size(tmp_path: Path, write_manifest: Any) -> None:
+    space = {"learningRate": {"type": "float", "low": 0.01, "high": 0.02, "step": 0.01}}
+    job = write_manifest(sweep_manifest(trials=5, parallelism=2, backend="ray", sampler="grid",
+                                        searchSpace=space))
+    code, _, result, stderr = run_unit(job, tmp_path / "storage", timeout=600)
+    assert code == 0, stderr[-3000:]
+    assert result["trials"]["total"] == 2  # the grid's two points, not the five asked for

@@ -298,15 +298,6 @@ def sweep_totals(trials: Sequence[FrozenTrial], spec: TrainingJobSpec) -> dict[s
             "trial_seconds": round(sum(trial_seconds(t) for t in trials), 3)}
 
 
-def mark_failed(study: optuna.Study, number: int) -> bool:
-    """Fail a trial that is still running (its process died); False if it had finished."""
-    trial = study.get_trials(deepcopy=False)[number]
-    if trial.state != TrialState.RUNNING:
-        return False
-    study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-    return True
-
-
 def fail_orphaned_trials(study: optuna.Study, alive_numbers: Collection[int]) -> list[int]:
     """Fail every running trial that no live process runs (killed, or its pod died).
 

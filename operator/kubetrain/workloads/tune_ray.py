@@ -19,22 +19,53 @@ import threading
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from ..api.spec import TrainingJobSpec
+from ..pipeline.plan import trial_seed
+from ..report import Reporter
 from ..tuning.space import decode_params, distributions
-from ..tuning.study import make_sampler, max_trial_epochs, state_name, trial_epochs, tuning_dir
+from ..tuning.study import (
+    best_trial,
+    counts,
+    make_sampler,
+    max_trial_epochs,
+    state_name,
+    trial_epochs,
+    tuning_dir,
+)
 from . import train
 from .trial import objective_value, training_args
 
-if TYPE_CHECKING:
-    from .tune import TrialEvents
-
 METRIC = "objective"
+
+
+class TrialEvents:
+    """``trial`` events, each with the study's counts and best trial (the live table)."""
+
+    def __init__(self, study: optuna.Study, spec: TrainingJobSpec, reporter: Reporter) -> None:
+        self.study = study
+        self.spec = spec
+        self.reporter = reporter
+        self.counts: dict[str, int] = {}
+        self.best: dict[str, Any] | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.counts = counts(self.study.get_trials(deepcopy=False))
+        self.best = best_trial(self.study, self.spec.tuning.search_space) \
+            if self.counts["complete"] else None
+
+    def trial(self, number: int, state: str, *, params: dict[str, Any], value: Any = None,
+              epoch: int | None = None, refresh: bool = False, **extra: Any) -> None:
+        if refresh:
+            self.refresh()
+        self.reporter.event("trial", number=number, state=state, value=value, params=params,
+                            epoch=epoch, counts=self.counts, best=self.best, **extra)
 
 
 @dataclass
@@ -142,8 +173,10 @@ def run_ray_sweep(spec: TrainingJobSpec, args: argparse.Namespace, name: str,
 
     tuning = spec.tuning
     mode = "max" if tuning.objective.direction == "maximize" else "min"
-    # The driver is the only process that samples: one seeded sampler for the whole run.
-    study.sampler = make_sampler(spec, spec.dataset.seed + len(study.get_trials(deepcopy=False)))
+    # This unit is the only process that samples: one sampler for the whole run, seeded as the
+    # first trial it draws would be (a rerun that continues the study draws new points).
+    study.sampler = make_sampler(spec, trial_seed(spec.dataset.seed,
+                                                  len(study.get_trials(deepcopy=False))))
     searcher = StudySearcher(study, spec, events, mode)
     # max_t one past the last epoch: ASHA stops a trial that reaches max_t before the function
     # returns, and the function's end is where the trial's model and history are written.
