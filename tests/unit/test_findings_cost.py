@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from kubetrain.api.spec import BudgetSpec, PricesSpec, ResourcesSpec
+from kubetrain.api import parse_training_job
+from kubetrain.api.spec import BudgetSpec, PricesSpec
 from kubetrain.findings import (
     Usage,
     budget_exceeded,
     hourly_rate,
     stage_cost,
     summarize_cost,
-    usage_from_resources,
 )
+from kubetrain.pipeline.costing import unit_usage
+from kubetrain.pipeline.plan import plan
 
 DEFAULT = PricesSpec()
 # Round prices so that expected costs are easy to check by hand.
@@ -42,9 +44,16 @@ def test_rounding_to_six_decimals() -> None:
     assert cost.cost == 0.000009  # 0.031611 / 3600 = 0.00000878...
 
 
-def test_usage_from_resources_parses_quantities() -> None:
-    resources = ResourcesSpec(nodes=2, cpu="500m", memory="512Mi", gpus_per_node=1)
-    usage = usage_from_resources("training", 7200, resources)
+def test_a_units_usage_covers_every_node_of_its_requests() -> None:
+    job = parse_training_job({"apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
+                              "metadata": {"name": "x"}, "spec": {
+                                  "dataset": {"builtin": "digits"}, "model": {"builtin": "mlp"},
+                                  "training": {"resources": {"nodes": 2, "cpu": "500m",
+                                                             "memory": "512Mi",
+                                                             "gpusPerNode": 1}}}})
+    train = plan(job.spec).unit("train")
+    assert train is not None
+    usage = unit_usage(train, 7200)
     assert usage == Usage("training", 7200, nodes=2, cpu=0.5, memory_gib=0.5, gpus=1)
     cost = stage_cost(usage, ROUND)
     # per hour: 2 x (0.5 x 0.1 + 0.5 x 0.01 + 1 x 2.0) = 4.11; two hours = 8.22

@@ -11,7 +11,6 @@ from .cost import (
     hourly_rate,
     stage_cost,
     summarize_cost,
-    usage_from_resources,
 )
 from .overfitting import (
     analyze_overfitting,
@@ -28,5 +27,4 @@ __all__ = [
     "should_stop_for_overfitting",
     "stage_cost",
     "summarize_cost",
-    "usage_from_resources",
 ]

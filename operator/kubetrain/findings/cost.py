@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from kubetrain.api.quantity import parse_cpu, parse_memory_gib
-from kubetrain.api.spec import BudgetSpec, PricesSpec, ResourcesSpec
+from kubetrain.api.spec import BudgetSpec, PricesSpec
 from kubetrain.api.status import BudgetStatus, CostFinding, StageCost
 
 _SECONDS_PER_HOUR = 3600.0
@@ -48,18 +47,6 @@ class Usage:
         for name in ("seconds", "nodes", "cpu", "memory_gib", "gpus"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Usage.{name} must be >= 0, got {getattr(self, name)}")
-
-
-def usage_from_resources(stage: str, seconds: float, resources: ResourcesSpec) -> Usage:
-    """A :class:`Usage` for ``seconds`` of the requests in ``resources`` (all nodes)."""
-    return Usage(
-        stage=stage,
-        seconds=seconds,
-        nodes=resources.nodes,
-        cpu=parse_cpu(resources.cpu),
-        memory_gib=parse_memory_gib(resources.memory),
-        gpus=resources.gpus_per_node,
-    )
 
 
 @dataclass(frozen=True)
