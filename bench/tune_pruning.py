@@ -4,9 +4,8 @@ Two arms on the same job, over several seeds: digits, an MLP, 20 epochs per tria
 learning-rate schedule, a search space with clearly bad regions (learning rate and weight decay
 on log scales over five decades, dropout up to 0.6, widths from 16 to 256 units), the same
 number of trials, the same parallelism. The seed is the dataset seed (split, initialization)
-and the base of the samplers' seeds, as in the sweep driver: trial k's sampler is seeded with
-seed + k, so both arms start from the same random points. Seeds are 100 apart so that the
-sweeps of different seeds draw different points (seeds 0 and 1 would share 15 of 16).
+and the base of the samplers' seeds, as for the trial units: trial k's sampler is seeded with
+``pipeline.plan.trial_seed`` (seed x 1000 + k), so both arms start from the same random points.
 
 Reported per seed and arm: the best validation accuracy, the epochs all trials trained together
 (the compute the sweep paid for), trials by state; then per seed the epochs ratio (pruned arm /
@@ -17,15 +16,16 @@ standard error of about 1.6 examples, so single seeds can differ by more than th
 
 ``--unit in-process`` (default) runs each sweep in one process: every trial is the trial work
 unit's own ``run_trial`` (the study in a journal file, the sampler and pruner of
-``kubetrain.tuning.study``, a sampler seeded per trial as the driver does), on threads that take
+``kubetrain.tuning.study``, a sampler seeded per trial as the plan does), on threads that take
 turns one epoch at a time, ``parallelism`` trials side by side at equal speed. Only the process
 boundary is gone: a trial process needs 7-9 s here to import torch and Optuna, against about
 1 s for 20 epochs of this MLP, which would put several seeds far past a few minutes. Each
 trial keeps its own torch random state across turns, so random search gives the same trials
-and values as the driver; TPE's do differ, as they do between two runs of the driver (which
-trials run side by side, and how far, when the sampler and the pruner look depends on timing).
-The sweeps run ``--jobs`` at a time. ``--unit process`` runs the real sweep driver
-(``python -m kubetrain.workloads.tune``, one process per trial) instead, one sweep at a time.
+and values as trial processes; TPE's do differ, as they do between two runs with processes
+(which trials run side by side, and how far, when the sampler and the pruner look depends on
+timing). The sweeps run ``--jobs`` at a time. ``--unit process`` runs the job through
+``kubetrain run`` instead (a study server and one process per trial, then the final training,
+which its wall seconds include), one sweep at a time.
 
     python bench/tune_pruning.py                       # 8 seeds x 2 arms, 16 trials of 20 epochs
     python bench/tune_pruning.py --seeds 0 --unit process --json out.json
@@ -133,7 +133,7 @@ class TrialThread:
 
 
 def _worker_init() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"  # the driver's setting for trials side by side
+    os.environ["OMP_NUM_THREADS"] = "1"  # the local executor's setting for trial processes
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the trials' JSON event lines
     import types
 
@@ -162,6 +162,7 @@ def _worker_init() -> None:
 
 def sweep_in_process(job: Path, folder: Path) -> dict[str, Any]:
     from kubetrain.api import load_training_job
+    from kubetrain.pipeline.plan import trial_seed
     from kubetrain.tuning.space import distributions
     from kubetrain.tuning.study import (
         create_study_once,
@@ -178,13 +179,12 @@ def sweep_in_process(job: Path, folder: Path) -> dict[str, Any]:
     storage_dir = folder / "storage"
     storage = open_storage(storage_dir)
     study = create_study_once(storage, name, spec)
-    seed_base = spec.dataset.seed + len(study.get_trials(deepcopy=False))
     turns, launches = Turns(), 0
     active: list[TrialThread] = []
     while True:
         while len(active) < spec.tuning.parallelism and launches < spec.tuning.trials:
             # What a trial process does: load the study with a sampler of its own seed, ask.
-            own = load_study(storage, name, spec, seed=seed_base + launches)
+            own = load_study(storage, name, spec, seed=trial_seed(spec.dataset.seed, launches))
             asked = own.ask(distributions(spec.tuning.search_space))
             args = argparse.Namespace(storage=storage_dir, job=job, result=None,
                                       base_dir=Path.cwd(), data_root=None)
@@ -214,20 +214,21 @@ def validation_examples(job: Path) -> int:
     return len(split_dataset(load_dataset(spec.dataset, base_dir=Path.cwd()), spec.dataset).val[1])
 
 
-# --- process sweeps (the real driver) ------------------------------------------------------
+# --- process sweeps (`kubetrain run`) ----------------------------------------------------
 
 def sweep_processes(job: Path, folder: Path) -> dict[str, Any]:
-    result_file = folder / "result.json"
+    out = folder / "status.yaml"
     started = time.time()
     done = subprocess.run(
-        [sys.executable, "-m", "kubetrain.workloads.tune", "--job", str(job),
-         "--storage", str(folder / "storage"), "--result", str(result_file)],
+        [sys.executable, "-m", "kubetrain.cli", "run", str(job), "--storage",
+         str(folder / "storage"), "--no-progress", "-o", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"{job}: the sweep failed ({done.returncode}): {done.stderr[-2000:]}")
-    result = json.loads(result_file.read_text())
-    result["seconds"] = round(time.time() - started, 1)
-    return result
+        raise SystemExit(f"{job}: the job failed ({done.returncode}): {done.stderr[-2000:]}")
+    tuning = yaml.safe_load(out.read_text())["status"]["tuning"]
+    return {"best": tuning.get("best"), "epochs_run": tuning["epochsRun"],
+            "epochs_saved_by_pruning": tuning["epochsSavedByPruning"],
+            "trials": tuning["trials"], "seconds": round(time.time() - started, 1)}
 
 
 def run_sweep(unit: str, label: str, seed: int, job: Path) -> dict[str, Any]:
