@@ -10,10 +10,10 @@ import yaml
 from kubetrain.api import parse_training_job
 from kubetrain.api.resource import TrainingJob
 from kubetrain.controller import builders as b
-from kubetrain.controller.builders import OperatorSettings
-from kubetrain.pipeline.plan import WorkUnit, plan
+from kubetrain.controller.builders import WorkerSettings
+from kubetrain.pipeline.plan import WorkUnit, plan, trial_seed
 
-SETTINGS = OperatorSettings(worker_image="registry.example/kubetrain-worker:9.9")
+SETTINGS = WorkerSettings(worker_image="registry.example/kubetrain-worker:9.9")
 UID = "0b7c2a4e-1111-2222-3333-444455556666"
 
 
@@ -39,16 +39,13 @@ def gang_job(**spec: Any) -> TrainingJob:
 
 
 def unit_of(job: TrainingJob, name: str) -> WorkUnit:
-    for stage in plan(job.spec).stages:
-        for unit in stage.units:
-            if unit.name == name:
-                return unit
-    raise AssertionError(f"no unit {name}")
+    unit = plan(job.spec, job.metadata.name).unit(name)
+    assert unit is not None, f"no unit {name}"
+    return unit
 
 
-def container(obj: dict[str, Any]) -> dict[str, Any]:
-    spec = obj["spec"]["template"]["spec"] if obj["kind"] == "Job" else obj["spec"]
-    (only,) = spec["containers"]
+def container(pod: dict[str, Any]) -> dict[str, Any]:
+    (only,) = pod["spec"]["containers"]
     return only
 
 
@@ -61,18 +58,18 @@ def env_of(obj: dict[str, Any]) -> dict[str, str]:
 
 def test_gang_has_one_pod_per_node_rank_with_fixed_names() -> None:
     job = gang_job()
-    pods = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    pods = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     assert [p["metadata"]["name"] for p in pods] == ["mnist-train-0", "mnist-train-1"]
     assert [p["metadata"]["labels"][b.LABEL_RANK] for p in pods] == ["0", "1"]
     assert all(p["kind"] == "Pod" and p["metadata"]["namespace"] == "ml" for p in pods)
     # Building twice gives the same names: creating again is "already exists", not a duplicate.
-    again = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    again = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     assert [p["metadata"]["name"] for p in again] == ["mnist-train-0", "mnist-train-1"]
 
 
 def test_gang_pods_carry_the_torchrun_environment() -> None:
     job = gang_job()
-    pods = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    pods = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     for rank, pod in enumerate(pods):
         env = env_of(pod)
         assert env["PET_NNODES"] == "2"
@@ -92,7 +89,7 @@ def test_gang_pods_carry_the_torchrun_environment() -> None:
 
 def test_multi_node_gang_runs_torchrun_with_the_train_module() -> None:
     job = gang_job()
-    (pod, _) = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    (pod, _) = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     command = container(pod)["command"]
     assert command[:4] == ["python", "-m", "torch.distributed.run", "--max-restarts=0"]
     assert "--standalone" not in command
@@ -106,7 +103,7 @@ def test_multi_node_gang_runs_torchrun_with_the_train_module() -> None:
 
 def test_single_node_multi_process_gang_uses_standalone_rendezvous() -> None:
     job = make_job(training={"resources": {"nodes": 1, "nprocPerNode": 3}})
-    (pod,) = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    (pod,) = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     command = container(pod)["command"]
     assert command[:5] == ["python", "-m", "torch.distributed.run", "--standalone",
                            "--nproc-per-node=3"]
@@ -118,7 +115,7 @@ def test_single_node_multi_process_gang_uses_standalone_rendezvous() -> None:
 
 def test_single_process_unit_runs_plain_python() -> None:
     job = make_job()
-    (pod,) = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    (pod,) = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     command = container(pod)["command"]
     assert command[:3] == ["python", "-m", "kubetrain.workloads.train"]
     assert "torch.distributed.run" not in command
@@ -126,7 +123,7 @@ def test_single_process_unit_runs_plain_python() -> None:
 
 def test_gpu_requests_and_limits() -> None:
     job = gang_job()
-    (pod, _) = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    (pod, _) = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     resources = container(pod)["resources"]
     assert resources["requests"] == {"cpu": "4000m", "memory": "16384Mi",
                                      "nvidia.com/gpu": "2"}
@@ -135,7 +132,7 @@ def test_gpu_requests_and_limits() -> None:
 
 def test_cpu_only_pods_request_no_gpu() -> None:
     job = make_job(training={"resources": {"cpu": "500m", "memory": "512Mi"}})
-    (pod,) = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    (pod,) = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     resources = container(pod)["resources"]
     assert resources["requests"] == {"cpu": "500m", "memory": "512Mi"}
     assert "nvidia.com/gpu" not in resources["limits"]
@@ -144,7 +141,7 @@ def test_cpu_only_pods_request_no_gpu() -> None:
 def test_odd_quantities_are_not_truncated_below_the_request() -> None:
     # 1.001 * 1000 is 1000.999... in floating point; the pod must still ask for 1001m.
     job = make_job(training={"resources": {"cpu": "1001m", "memory": "1G"}})
-    (pod,) = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    (pod,) = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     requests = container(pod)["resources"]["requests"]
     assert requests["cpu"] == "1001m"
     # 1G = 953.67Mi: the request (and the OOM limit) must not drop below what was asked.
@@ -153,7 +150,7 @@ def test_odd_quantities_are_not_truncated_below_the_request() -> None:
 
 def test_pod_volumes_shm_pvc_and_job_config_map() -> None:
     job = gang_job()
-    (pod, _) = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    (pod, _) = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     mounts = {m["name"]: m for m in container(pod)["volumeMounts"]}
     assert volumes["dshm"] == {"name": "dshm", "emptyDir": {"medium": "Memory"}}
@@ -169,16 +166,16 @@ def test_pod_volumes_shm_pvc_and_job_config_map() -> None:
 
 def test_worker_image_pull_secrets_only_when_configured() -> None:
     job = make_job()
-    (pod,) = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    (pod,) = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     assert "imagePullSecrets" not in pod["spec"]
-    private = OperatorSettings(worker_image="registry.example/w:1", image_pull_secrets=("rc",))
-    (pod,) = b.gang_pods(job, unit_of(job, "train"), private)
+    private = WorkerSettings(worker_image="registry.example/w:1", image_pull_secrets=("rc",))
+    (pod,) = b.unit_pods(job, unit_of(job, "train"), 0, private)
     assert pod["spec"]["imagePullSecrets"] == [{"name": "rc"}]
 
 
 def test_dataset_pvc_is_mounted_beside_the_storage_pvc() -> None:
     job = make_job(dataset={"uri": "pvc://datasets/digits/train.npz"})
-    (pod,) = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    (pod,) = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]
               if "persistentVolumeClaim" in v]
     assert claims == ["shared", "datasets"]
@@ -188,7 +185,7 @@ def test_dataset_pvc_is_mounted_beside_the_storage_pvc() -> None:
 
 def test_same_claim_for_storage_and_dataset_is_mounted_once() -> None:
     job = make_job(dataset={"uri": "pvc://shared/digits.npz"})
-    (pod,) = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    (pod,) = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]
               if "persistentVolumeClaim" in v]
     assert claims == ["shared"]
@@ -196,7 +193,7 @@ def test_same_claim_for_storage_and_dataset_is_mounted_once() -> None:
 
 def test_pods_are_hardened() -> None:
     job = gang_job()
-    for pod in b.gang_pods(job, unit_of(job, "train"), SETTINGS):
+    for pod in b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS):
         spec = pod["spec"]
         assert spec["automountServiceAccountToken"] is False
         assert spec["enableServiceLinks"] is False
@@ -211,7 +208,7 @@ def test_pods_are_hardened() -> None:
 
 def test_owner_reference_points_at_the_job() -> None:
     job = gang_job()
-    (pod, _) = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    (pod, _) = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     (owner,) = pod["metadata"]["ownerReferences"]
     assert owner == {"apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
                      "name": "mnist", "uid": UID, "controller": True,
@@ -220,35 +217,44 @@ def test_owner_reference_points_at_the_job() -> None:
 
 def test_labels_and_kueue_queue_name() -> None:
     job = gang_job(runPolicy={"queueName": "team-a"})
-    (pod, _) = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    (pod, _) = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     assert pod["metadata"]["labels"] == {
         "kubetrain.io/job": "mnist", "app.kubernetes.io/managed-by": "kubetrain",
         "kubetrain.io/stage": "training", "kubetrain.io/unit": "train",
         "kueue.x-k8s.io/queue-name": "team-a", "kubetrain.io/rank": "0",
+        "kubetrain.io/attempt": "0", "kubetrain.io/role": "train",
     }
     without = gang_job()
-    (pod, _) = b.gang_pods(without, unit_of(without, "train"), SETTINGS)
+    (pod, _) = b.unit_pods(without, unit_of(without, "train"), 0, SETTINGS)
     assert "kueue.x-k8s.io/queue-name" not in pod["metadata"]["labels"]
 
 
 def test_image_from_spec_overrides_the_operator_default() -> None:
     job = make_job()
-    (pod,) = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    (pod,) = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     assert container(pod)["image"] == "registry.example/kubetrain-worker:9.9"
     assert container(pod)["imagePullPolicy"] == "IfNotPresent"
     custom = make_job(image="me/my-worker:1")
-    (pod,) = b.gang_pods(custom, unit_of(custom, "train"), SETTINGS)
+    (pod,) = b.unit_pods(custom, unit_of(custom, "train"), 0, SETTINGS)
     assert container(pod)["image"] == "me/my-worker:1"
 
 
-def test_tuned_params_are_passed_to_the_training_command() -> None:
+def test_arguments_the_engine_adds_end_the_command_of_every_rank() -> None:
+    job = gang_job()
+    for pod in b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS,
+                           ("--params", '{"learningRate": 0.01}')):
+        assert container(pod)["command"][-2:] == ["--params", '{"learningRate": 0.01}']
+
+
+def test_dev_source_is_mounted_ahead_of_the_image_copy() -> None:
     job = make_job()
-    (pod,) = b.gang_pods(job, unit_of(job, "train"), SETTINGS,
-                         b.params_args({"learningRate": 0.01}))
-    command = container(pod)["command"]
-    assert command[-2:] == ["--params", '{"learningRate": 0.01}']
-    assert b.params_args(None) == []
-    assert b.params_args({}) == []
+    (pod,) = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
+    assert "PYTHONPATH" not in env_of(pod)
+    dev = WorkerSettings(dev_source="/src/operator")
+    (pod,) = b.unit_pods(job, unit_of(job, "train"), 0, dev)
+    assert env_of(pod)["PYTHONPATH"] == "/opt/kubetrain-dev"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["dev-source"]["hostPath"] == {"path": "/src/operator", "type": "Directory"}
 
 
 # ----- services --------------------------------------------------------------------------------
@@ -256,7 +262,7 @@ def test_tuned_params_are_passed_to_the_training_command() -> None:
 
 def test_gang_services_headless_and_rank0_master() -> None:
     job = gang_job()
-    headless, master = b.gang_services(job, unit_of(job, "train"))
+    headless, master = b.unit_services(job, unit_of(job, "train"))
     assert headless["metadata"]["name"] == "mnist-train-workers"
     assert headless["spec"]["clusterIP"] == "None"
     assert headless["spec"]["selector"] == {"kubetrain.io/job": "mnist",
@@ -266,47 +272,144 @@ def test_gang_services_headless_and_rank0_master() -> None:
     assert "clusterIP" not in master["spec"]
     assert master["spec"]["selector"] == {"kubetrain.io/job": "mnist",
                                           "kubetrain.io/unit": "train", "kubetrain.io/rank": "0"}
-    assert master["spec"]["ports"] == [{"name": "c10d", "port": 29500}]
+    assert master["spec"]["ports"] == [{"name": "c10d", "port": 29500, "protocol": "TCP"}]
     for service in (headless, master):
         assert service["metadata"]["ownerReferences"][0]["uid"] == UID
     # The pods' master address is this Service.
-    (pod, _) = b.gang_pods(job, unit_of(job, "train"), SETTINGS)
+    (pod, _) = b.unit_pods(job, unit_of(job, "train"), 0, SETTINGS)
     assert env_of(pod)["PET_MASTER_ADDR"].split(".")[0] == master["metadata"]["name"]
 
 
-# ----- batch Jobs ------------------------------------------------------------------------------
+def test_single_node_training_needs_no_service() -> None:
+    job = make_job(training={"resources": {"nodes": 1, "nprocPerNode": 2}})
+    assert b.unit_services(job, unit_of(job, "train")) == []
 
 
-def test_explanation_runs_as_a_batch_job_with_the_run_policy_backoff() -> None:
-    job = make_job(explanation={"enabled": True}, runPolicy={"backoffLimit": 5},
-                   training={"resources": {"gpusPerNode": 4}})
-    obj = b.batch_job(job, unit_of(job, "explain"), SETTINGS)
-    assert obj["apiVersion"] == "batch/v1"
-    assert obj["kind"] == "Job"
-    assert obj["metadata"]["name"] == "mnist-explain"
-    assert obj["spec"]["backoffLimit"] == 5
-    template = obj["spec"]["template"]
-    assert template["metadata"]["labels"]["kubetrain.io/unit"] == "explain"
-    assert template["metadata"]["labels"]["kubetrain.io/stage"] == "explanation"
-    assert template["spec"]["restartPolicy"] == "Never"
-    assert template["spec"]["automountServiceAccountToken"] is False
-    command = container(obj)["command"]
+# ----- every unit is bare pods -----------------------------------------------------------------
+
+
+def sweep_job(**spec: Any) -> TrainingJob:
+    return make_job(dataset={"builtin": "digits", "seed": 3}, tuning={
+        "enabled": True, "trials": 4, "parallelism": 2, "searchSpace": {
+            "learningRate": {"type": "float", "low": 0.0001, "high": 0.1, "log": True}}},
+        **spec)
+
+
+def all_units(job: TrainingJob) -> list[WorkUnit]:
+    the_plan = plan(job.spec, job.metadata.name)
+    units = [u for stage in the_plan.stages for u in stage.units]
+    for stage in the_plan.stages:
+        for group in stage.groups:
+            if group.sweep is not None:
+                units.append(group.sweep.unit(0))
+    assert the_plan.report is not None
+    return [*units, the_plan.report]
+
+
+def test_every_unit_is_bare_pods_labelled_with_its_attempt() -> None:
+    job = sweep_job(augmentation={"enabled": True, "shards": 2}, explanation={"enabled": True},
+                    training={"crossValidation": {"folds": 2}})
+    units = all_units(job)
+    assert {u.kind for u in units} == {"augment-shard", "augment-merge", "study", "trial",
+                                       "tune-summary", "fold", "train", "explain", "report"}
+    for unit in units:
+        pods = b.unit_pods(job, unit, 2, SETTINGS)
+        assert [p["kind"] for p in pods] == ["Pod"] * unit.nodes
+        for pod in pods:
+            labels = pod["metadata"]["labels"]
+            assert labels[b.LABEL_ATTEMPT] == "2"
+            assert labels[b.LABEL_UNIT] == unit.name
+            assert labels[b.LABEL_STAGE] == unit.stage
+            assert labels[b.LABEL_ROLE] == unit.kind
+            # The stage engine decides every retry: Kubernetes restarts nothing by itself,
+            # except the study server, which replays its journal in place.
+            expected = "Always" if unit.kind == "study" else "Never"
+            assert pod["spec"]["restartPolicy"] == expected, unit.name
+
+
+def test_single_process_units_are_named_after_the_unit_training_pods_after_their_rank() -> None:
+    job = sweep_job(augmentation={"enabled": True, "shards": 2}, explanation={"enabled": True},
+                    training={"crossValidation": {"folds": 2}})
+    pod_names = {u.name: [p["metadata"]["name"] for p in b.unit_pods(job, u, 0, SETTINGS)]
+                 for u in all_units(job)}
+    assert pod_names == {
+        "augment-0": ["mnist-augment-0"], "augment-1": ["mnist-augment-1"],
+        "augment-merge": ["mnist-augment-merge"], "study": ["mnist-study"],
+        "trial-0": ["mnist-trial-0"], "tune-summary": ["mnist-tune-summary"],
+        "fold-0": ["mnist-fold-0-0"], "fold-1": ["mnist-fold-1-0"], "train": ["mnist-train-0"],
+        "explain": ["mnist-explain"], "report": ["mnist-report"],
+    }
+
+
+def test_explanation_is_one_pod_with_at_most_one_gpu() -> None:
+    job = make_job(explanation={"enabled": True}, training={"resources": {"gpusPerNode": 4}})
+    (pod,) = b.unit_pods(job, unit_of(job, "explain"), 0, SETTINGS)
+    assert pod["metadata"]["labels"]["kubetrain.io/stage"] == "explanation"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    command = container(pod)["command"]
     assert command[:3] == ["python", "-m", "kubetrain.workloads.explain"]
     # A single-process unit asks for at most one GPU even when training uses four.
-    assert container(obj)["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert container(pod)["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert b.unit_services(job, unit_of(job, "explain")) == []
 
 
-def test_augmentation_shards_and_merge_are_batch_jobs() -> None:
+def test_augmentation_shards_and_merge_commands() -> None:
     job = make_job(augmentation={"enabled": True, "shards": 2})
-    shard = b.batch_job(job, unit_of(job, "augment-1"), SETTINGS)
-    merge = b.batch_job(job, unit_of(job, "augment-merge"), SETTINGS)
-    assert shard["metadata"]["name"] == "mnist-augment-1"
-    assert merge["metadata"]["name"] == "mnist-augment-merge"
-    assert shard["spec"]["backoffLimit"] == 3  # the runPolicy default
+    (shard,) = b.unit_pods(job, unit_of(job, "augment-1"), 0, SETTINGS)
+    (merge,) = b.unit_pods(job, unit_of(job, "augment-merge"), 0, SETTINGS)
     shard_cmd = container(shard)["command"]
     assert shard_cmd[:3] == ["python", "-m", "kubetrain.workloads.augment"]
     assert shard_cmd[3:7] == ["--shard", "1", "--shards", "2"]
     assert container(merge)["command"][3:6] == ["--merge", "--shards", "2"]
+
+
+def test_study_server_pod_listens_behind_its_service() -> None:
+    job = sweep_job()
+    study = unit_of(job, "study")
+    (pod,) = b.unit_pods(job, study, 0, SETTINGS)
+    command = container(pod)["command"]
+    assert command[:3] == ["python", "-m", "kubetrain.tuning.serve"]
+    assert command[command.index("--port") + 1] == "13000"
+    assert "--study-server" not in command
+    (service,) = b.unit_services(job, study)
+    assert service["metadata"]["name"] == "mnist-study"
+    assert service["spec"]["selector"] == {"kubetrain.io/job": "mnist",
+                                           "kubetrain.io/unit": "study"}
+    assert service["spec"]["ports"] == [{"name": "grpc", "port": 13000, "protocol": "TCP"}]
+    assert b.study_address(job) == "mnist-study:13000"
+
+
+def test_trial_pods_reach_the_study_server_each_with_its_own_seed() -> None:
+    job = sweep_job()
+    tuning = plan(job.spec, "mnist").stage("tuning")
+    assert tuning is not None and tuning.groups[0].sweep is not None
+    commands = [container(b.unit_pods(job, tuning.groups[0].sweep.unit(i), 0, SETTINGS)[0])[
+        "command"] for i in (0, 1)]
+    for index, command in enumerate(commands):
+        assert command[:3] == ["python", "-m", "kubetrain.workloads.trial"]
+        assert command[command.index("--study") + 1] == "mnist"
+        assert command[command.index("--sampler-seed") + 1] == str(trial_seed(3, index))
+        assert command[command.index("--study-server") + 1] == "mnist-study:13000"
+    assert b.unit_services(job, tuning.groups[0].sweep.unit(0)) == []
+
+
+def test_summary_pod_reaches_the_study_server() -> None:
+    job = sweep_job()
+    (pod,) = b.unit_pods(job, unit_of(job, "tune-summary"), 0, SETTINGS)
+    command = container(pod)["command"]
+    assert command[:4] == ["python", "-m", "kubetrain.workloads.tune", "--summarize"]
+    assert command[command.index("--study-server") + 1] == "mnist-study:13000"
+
+
+def test_report_pod_writes_to_the_job_storage() -> None:
+    job = make_job()
+    report = plan(job.spec, "mnist").report
+    assert report is not None
+    (pod,) = b.unit_pods(job, report, 0, SETTINGS, ("--status", "{}"))
+    command = container(pod)["command"]
+    assert command[:3] == ["python", "-m", "kubetrain.workloads.finish"]
+    assert command[command.index("--storage") + 1] == "/data/shared/kubetrain/ml/mnist"
+    assert command[-2:] == ["--status", "{}"]
 
 
 # ----- job ConfigMap, storage and names --------------------------------------------------------
@@ -336,10 +439,10 @@ def test_storage_dir_default_and_explicit_path() -> None:
 
 def test_default_pvc_from_operator_settings() -> None:
     job = make_job(storage={})
-    settings = OperatorSettings(default_pvc="cluster-runs")
+    settings = WorkerSettings(default_pvc="cluster-runs")
     assert b.storage_claim(job, settings) == "cluster-runs"
     assert b.storage_dir(job, settings) == "/data/cluster-runs/kubetrain/ml/mnist"
-    assert b.storage_claim(job, OperatorSettings()) is None
+    assert b.storage_claim(job, WorkerSettings()) is None
     # The job's own claim wins over the operator's default.
     assert b.storage_claim(make_job(), settings) == "shared"
 
