@@ -7,7 +7,6 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from kubetrain.controller import builders as b
 from kubetrain.controller.observe import (
     Observed,
@@ -151,9 +150,6 @@ def test_seconds_are_the_longest_running_pod_until_now_or_its_end() -> None:
     assert unit_observation(pods, 2, NOW).seconds == 300.0
 
 
-@pytest.mark.xfail(strict=True, reason="observe._seconds falls back to creationTimestamp for "
-                   "a pod without startTime: a pod waiting to be scheduled (no node, no "
-                   "resources held) is priced as if it ran, and can trip a budget stop")
 def test_a_pod_waiting_to_be_scheduled_has_held_nothing_yet() -> None:
     waiting = pod("t-0", "Pending", started=None, created=NOW - timedelta(hours=2))
     assert unit_observation([waiting], 1, NOW).seconds == 0.0
@@ -166,9 +162,6 @@ def test_progress_is_passed_on_only_while_the_unit_runs() -> None:
     assert unit_observation([done], 1, NOW, event).progress is None
 
 
-@pytest.mark.xfail(strict=True, reason="observe.pod_view ignores the pod-level status.reason "
-                   "'Evicted' and unit_observation takes every Failed pod as FAILED, against "
-                   "Seen.LOST's contract ('a pod of a gang deleted, evicted, its node gone')")
 def test_an_evicted_pod_is_lost_not_failed() -> None:
     # Lost, the engine relaunches the unit without using a restart, and replaces a trial
     # instead of counting it as a failed trial.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from kubetrain.controller import builders as b
 from kubetrain.pipeline.actions import Event
 from reconcile_cases import (
@@ -111,10 +110,6 @@ def test_a_sweep_launched_by_a_reconcile_whose_status_was_lost_is_adopted() -> N
     assert unit_status(cluster.job, "trial-1").phase == "Running"
 
 
-@pytest.mark.xfail(strict=True, reason="a gang whose launch created only some of its pods "
-                   "(the reconcile failed midway, its status was never written) is observed "
-                   "LOST on a Pending record: the engine neither adopts nor stops it, and never "
-                   "launches the missing rank")
 def test_a_gang_created_only_in_part_is_deleted_and_created_whole() -> None:
     cluster = Cluster(make_job())
     cluster.reconcile(status_written=False)
@@ -341,10 +336,6 @@ def test_restarts_exhausted_fail_the_job_naming_the_unit_and_exit_code() -> None
     assert names(decision) == ["mnist-report"]
 
 
-@pytest.mark.xfail(strict=True, reason="a gang that failed for good is observed FAILED as a "
-                   "whole; _stage_failed/_stop_all and _stop_leftovers stop only units seen "
-                   "RUNNING or LOST, so the surviving rank keeps running (and holding its "
-                   "node) after the job failed")
 def test_a_gang_that_failed_for_good_has_its_surviving_rank_deleted() -> None:
     cluster = running_gang(runPolicy={"backoffLimit": 0})
     cluster.fail("mnist-train-1")

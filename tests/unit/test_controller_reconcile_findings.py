@@ -359,9 +359,6 @@ def test_suspend_mid_sweep_deletes_the_study_and_trial_pods_and_resume_starts_ne
     assert unit_status(cluster.job, "trial-0").phase == "Succeeded"
 
 
-@pytest.mark.xfail(strict=True, reason="reconcile.py creates a unit's Services only when the "
-                   "unit is launched: a study Service deleted while the sweep runs is never "
-                   "created again, so every later trial cannot reach the study server")
 def test_a_deleted_study_service_is_created_again() -> None:
     cluster = sweep_cluster()
     cluster.reconcile()

@@ -116,8 +116,6 @@ def test_active_deadline_fails_the_job_and_deletes_its_pods() -> None:
     assert names(decision) == ["mnist-report"]
 
 
-@pytest.mark.xfail(strict=True, reason="_end_early (deadline, interrupt) fails the job but "
-                   "leaves the stage that ran Running; the budget stop finishes it as Failed")
 def test_active_deadline_fails_the_stage_that_ran() -> None:
     cluster = running_gang(runPolicy={"activeDeadlineSeconds": 600})
     cluster.now = NOW + timedelta(seconds=601)

@@ -105,8 +105,6 @@ def _create(obj: dict[str, Any], namespace: str) -> None:
             kube.core().create_namespaced_service(namespace, obj)  # type: ignore[arg-type]
         elif kind == "ConfigMap":
             kube.core().create_namespaced_config_map(namespace, obj)  # type: ignore[arg-type]
-        elif kind == "Job":
-            kube.batch().create_namespaced_job(namespace, obj)  # type: ignore[arg-type]
     except ApiException as error:
         if error.status != 409:  # already exists: another reconcile got there first
             raise

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -26,7 +25,7 @@ from ..api.status import Phase, TrainingJobStatus
 from .observe import parse_time
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-PHASES: tuple[str, ...] = get_args(Phase)
+PHASES: tuple[str, ...] = tuple(phase.value for phase in Phase)
 FINISHED_STAGE = ("Succeeded", "Failed")
 
 

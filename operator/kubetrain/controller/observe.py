@@ -16,6 +16,10 @@ from ..pipeline.actions import Observation, Seen
 from ..pipeline.plan import Plan
 from .builders import LABEL_ATTEMPT, LABEL_RANK, LABEL_ROLE, LABEL_STAGE, LABEL_UNIT
 
+# Pod-level reasons a pod fails for that are the node's doing, not the program's.
+LOST_REASONS = frozenset({"Evicted", "NodeLost", "Preempting", "Shutdown", "NodeShutdown",
+                          "Terminated", "UnexpectedAdmissionError"})
+
 
 @dataclass(frozen=True)
 class PodView:
@@ -94,7 +98,8 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         attempt=int(lab.get(LABEL_ATTEMPT, "0")),
         deleting=meta.get("deletionTimestamp") is not None,
         exit_code=terminated.get("exitCode"),
-        reason=terminated.get("reason"),
+        # an eviction is told on the pod (status.reason), not on its container
+        reason=terminated.get("reason") or status.get("reason"),
         message=terminated.get("message"),
         started=parse_time(terminated.get("startedAt")) or started,
         finished=parse_time(terminated.get("finishedAt")),
@@ -104,8 +109,8 @@ def pod_view(pod: dict[str, Any]) -> PodView:
 
 def _seconds(pods: list[PodView], now: datetime) -> float:
     """Wall seconds the gang has held its resources: its longest-running pod."""
-    spans = [((p.finished or now) - start).total_seconds()
-             for p in pods if (start := p.started or p.created) is not None]
+    spans = [((p.finished or now) - p.started).total_seconds()
+             for p in pods if p.started is not None]  # a pod waiting for a node holds nothing
     return max(0.0, max(spans, default=0.0))
 
 
@@ -120,6 +125,8 @@ def unit_observation(pods: list[PodView], nodes: int, now: datetime,
     failed = [p for p in current if p.phase == "Failed"]
     if any(p.deleting for p in current):
         return Observation(Seen.STOPPING, attempt, seconds)
+    if any(p.reason in LOST_REASONS for p in failed):
+        return Observation(Seen.LOST, attempt, seconds)  # the node let it go: not its fault
     if failed:
         pod = failed[0]
         return Observation(Seen.FAILED, attempt, seconds, result=pod.result,

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from ..api.resource import TrainingJob
-from ..api.status import Phase, TrainingJobStatus
+from ..api.status import Phase, StagePhase, TrainingJobStatus
 from ..pipeline.actions import Context, Event
 from ..pipeline.engine import advance
 from ..pipeline.plan import Plan, plan
@@ -48,15 +48,23 @@ def reconcile(job: TrainingJob, observed: Observed, settings: b.WorkerSettings,
                   problems=problems)
     step = advance(the_plan, job, observations(observed, the_plan, now), ctx)
     decision = Decision(status=step.status, events=step.events, delete_job=step.expired)
-    existing = {"Pod": {p.name for p in observed.pods}, "Service": observed.services,
-                "ConfigMap": observed.config_maps}
+    existing = {"Pod": {p.name for p in observed.pods}, "Service": set(observed.services),
+                "ConfigMap": set(observed.config_maps)}
 
     def ensure(obj: dict[str, Any]) -> None:
-        if obj["metadata"]["name"] not in existing[obj["kind"]]:
+        names = existing[obj["kind"]]
+        if obj["metadata"]["name"] not in names:
             decision.create.append(obj)
+            names.add(obj["metadata"]["name"])  # once a decision
 
     if step.launch:
         ensure(b.job_config_map(job))
+    for stage in step.status.stages.values():  # a running unit's Services, if one was deleted
+        for name, record in stage.units.items():
+            unit = the_plan.unit(name)
+            if unit is not None and record.phase == StagePhase.RUNNING:
+                for service in b.unit_services(job, unit):
+                    ensure(service)
     for launch in step.launch:
         for obj in (*b.unit_services(job, launch.unit),
                     *b.unit_pods(job, launch.unit, launch.attempt, settings, launch.args)):

@@ -172,6 +172,9 @@ class _Engine(UnitRecords):
                     self.seen(unit.name).state == Seen.NOT_STARTED:
                 self._launch(unit, state)
                 running += 1
+        if group.sweep is not None:  # the counts with the trials just launched
+            self._sweep_status(group.sweep, {i: units[u.name] for u in members
+                                             if (i := TrialSweep.index(u.name)) is not None})
         return None
 
     def _sweep_members(self, sweep: TrialSweep, units: dict[str, UnitStatus]) -> list[WorkUnit]:
@@ -295,7 +298,10 @@ class _Engine(UnitRecords):
         return self.plan.report.name if self.plan.report else None
 
     def _end_early(self, reason: Reason, message: str) -> Step:
+        stage = self.status.current_stage
         self._stop_all()
+        if stage is not None:
+            st.finish_stage(self.status, stage, StagePhase.FAILED, message, self.at)
         self._findings()
         self.fail(reason, message)
         self._finish()
@@ -370,8 +376,8 @@ class _Engine(UnitRecords):
         stage = self.status.current_stage
         self._stop_all(grace=BUDGET_GRACE_SECONDS)
         if stage is not None:
-            st.finish_stage(self.status, stage, StagePhase.FAILED,
-                            "stopped: budget exceeded", self.at)
+            st.finish_stage(self.status, stage, StagePhase.FAILED, "stopped: budget exceeded",
+                            self.at)
         self.fail(Reason.BUDGET_EXCEEDED, message + "; further work stopped")
         self._finish()
         return True

@@ -100,10 +100,12 @@ class UnitRecords:
                 self.stop(unit.name)
             return
         if record.phase == StagePhase.PENDING:
-            if seen.state in (Seen.RUNNING, Seen.SUCCEEDED, Seen.FAILED):
-                self._launched(record)  # its launch was not recorded (executor restarted)
-            else:
+            if seen.state == Seen.LOST:
+                self.stop(unit.name)  # a gang launched only in part: remove it, launch it whole
                 return
+            if seen.state not in (Seen.RUNNING, Seen.SUCCEEDED, Seen.FAILED):
+                return
+            self._launched(record)  # its launch was not recorded (executor restarted)
         # A unit seen gone keeps the seconds last seen of it.
         record.seconds = round(max(record.seconds or 0.0, record.prior_seconds + seen.seconds), 3)
         if seen.state == Seen.RUNNING:
@@ -162,6 +164,7 @@ class UnitRecords:
                        f"({record.restarts}/{self.spec.run_policy.backoff_limit})")
             return
         record.phase, record.message = StagePhase.FAILED, message
+        self.stop(unit.name)  # ranks of the gang still running would wait on the dead one
 
     def _lost(self, unit: WorkUnit, record: UnitStatus, seen: Observation) -> None:
         """Its children vanished while it ran (deleted, evicted, node gone, server exited)."""
