@@ -50,8 +50,8 @@ import torch
 from kubetrain.api.spec import TrainingJobSpec
 from kubetrain.data import Standardizer, load_dataset, split_dataset
 from kubetrain.models import build_model
-from kubetrain.workloads.distributed import DistContext
 from kubetrain.report import Reporter
+from kubetrain.workloads.distributed import DistContext
 from kubetrain.workloads.train import _to_tensors
 from kubetrain.workloads.trainer import TensorSplit, Trainer
 from torch import nn

@@ -20,9 +20,9 @@ from kubetrain.api.spec import DatasetSpec, ImageAugmentationSpec
 from kubetrain.augment import AugmentationError, image, mix, tabular
 from kubetrain.augment import store as st
 from kubetrain.data import kfold_splits, load_dataset, split_dataset
+from kubetrain.report import parse_event
 from kubetrain.workloads import augment as unit
 from kubetrain.workloads import train as train_unit
-from kubetrain.report import parse_event
 from support import base_manifest
 
 SCARCE_DIGITS = {"builtin": "digits", "fraction": 0.1, "seed": 0}
@@ -406,8 +406,8 @@ def test_cli_runs_a_shard_and_the_merge(tmp_path: Path, write_manifest: Any) -> 
 def test_trainer_mixes_batches_only_when_asked(tmp_path: Path, write_manifest: Any,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from kubetrain.models import build_model
-    from kubetrain.workloads.distributed import DistContext
     from kubetrain.report import Reporter
+    from kubetrain.workloads.distributed import DistContext
     from kubetrain.workloads.trainer import TensorSplit, Trainer
 
     calls: list[float] = []

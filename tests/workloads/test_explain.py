@@ -20,8 +20,8 @@ import torch
 import yaml
 from kubetrain.data import Standardizer
 from kubetrain.explain import TrainedModel, expected_gradients, explain, summarize
-from kubetrain.workloads import explain as explain_unit
 from kubetrain.report import MAX_RESULT_BYTES, parse_event
+from kubetrain.workloads import explain as explain_unit
 from torch import nn
 
 INFORMATIVE = {"f0", "f1", "f2"}

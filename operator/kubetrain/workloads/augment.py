@@ -26,8 +26,8 @@ from ..api.spec import ImageAugmentationSpec, TabularAugmentationSpec, TrainingJ
 from ..augment import AugmentationError, check_augmentation
 from ..augment import store as st
 from ..data import Dataset, DatasetError, load_dataset, split_dataset
-from .args import add_common_arguments
 from ..report import Reporter, default_result_path, write_json_atomic
+from .args import add_common_arguments
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -30,8 +30,8 @@ from ..explain import (
     summarize,
     write_outputs,
 )
-from .args import add_common_arguments
 from ..report import MAX_RESULT_BYTES, Reporter, default_result_path
+from .args import add_common_arguments
 
 COMPLETENESS_WARNING = 0.05
 """A completeness error above this fraction is reported as a warning."""

@@ -26,10 +26,10 @@ from ..data import Standardizer, kfold_splits, load_dataset, split_dataset
 from ..findings.overfitting import analyze_overfitting
 from ..models import build_model
 from ..pipeline.params import apply_params
+from ..report import Reporter, default_result_path, write_json_atomic
 from . import checkpoint as ckpt
 from .args import add_common_arguments
 from .distributed import DistContext, init_distributed, shutdown
-from ..report import Reporter, default_result_path, write_json_atomic
 from .trainer import EpochCallback, TensorSplit, Trainer
 
 MODEL_FILE = "model.pt"
