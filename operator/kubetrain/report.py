@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 PROTOCOL_VERSION = 1
+SPEC_PROBLEM_EXIT = 2
+"""Exit code of a unit that found the spec cannot work (its result names the fields)."""
 TAG = "kubetrain"
 # Kubernetes truncates termination messages at 4096 bytes; stay under it.
 MAX_RESULT_BYTES = 4096
@@ -127,3 +129,14 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(_clean(data), indent=1))
     os.replace(tmp, path)
+
+
+def refuse(path: Path | None, problems: list[str]) -> int:
+    """End a unit that found problems with the spec only the data shows (a missing column, a
+    model that does not fit the input): the result names the fields, and the executor makes the
+    job Invalid instead of retrying. Returns the exit code."""
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    Reporter(path).result({"status": "failed", "problems": problems,
+                           "message": "; ".join(problems)[:500]})
+    return SPEC_PROBLEM_EXIT

@@ -399,3 +399,17 @@ def test_custom_command_is_refused_as_not_yet_available() -> None:
     with pytest.raises(ManifestError) as error:
         parse_training_job(_manifest(training={"command": ["python", "train.py"]}))
     assert "spec.training.command: custom script mode is not available yet" in str(error.value)
+
+
+def test_a_spec_problem_a_unit_found_in_the_data_makes_the_job_invalid_without_retries() -> None:
+    world = World(make_job(runPolicy={"backoffLimit": 3}))
+    world.step()
+    problem = "spec.dataset.target: column 'label' not in data.csv; columns: a, b"
+    world.fail("train", 2, result={"status": "failed", "problems": [problem]})
+    step = world.step()
+    assert world.status.phase == "Failed"
+    assert world.condition("Invalid").message == problem
+    assert world.condition("Failed").reason == "InvalidSpec"
+    assert world.unit("train").restarts == 0
+    assert world.status.stages["training"].phase == "Failed"
+    assert [launch.unit.name for launch in step.launch] == ["report"]

@@ -150,3 +150,18 @@ def test_user_model_from_entrypoint(tmp_path: Path, write_manifest: Any) -> None
     start = next(e for e in map(parse_event, proc.stdout.splitlines())
                  if e and e["event"] == "start")
     assert start["parameters"] == 64 * 48 + 48 + 48 * 10 + 10
+
+
+def test_a_spec_the_data_refuses_ends_with_its_problems_and_exit_code_2(
+        tmp_path: Path, write_manifest: Any) -> None:
+    # What the operator cannot check (it has no data): the unit names the field, so the job
+    # becomes Invalid on Kubernetes as `kubetrain run` refuses it here.
+    job = write_manifest(base_manifest(dataset={"builtin": "breast_cancer"},
+                                       model={"builtin": "cnn"}))
+    proc = _start_unit(job, tmp_path / "s", "--result", str(tmp_path / "result.json"))
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "failed"
+    assert len(result["problems"]) == 1
+    assert result["problems"][0].startswith("spec.model.builtin: cnn needs image data")

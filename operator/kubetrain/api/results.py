@@ -29,6 +29,9 @@ class UnitResult(BaseModel):
     status: ResultStatus = "succeeded"
     seconds: float | None = None
     message: str | None = None
+    problems: list[str] = Field(default_factory=list)
+    """Problems with the spec that the unit found in the data (each names its field): the job
+    is Invalid, and nothing is retried."""
 
 
 class AugmentationResult(UnitResult):

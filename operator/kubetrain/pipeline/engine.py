@@ -67,14 +67,20 @@ class _Engine(UnitRecords):
             self._ttl()
             return self.step
         if self.ctx.problems:
-            message = "; ".join(self.ctx.problems)
-            st.set_condition(status, "Invalid", "True", Reason.INVALID_SPEC, message, self.at)
-            self._stop_all()  # a spec edited into an invalid one must not leave pods running
-            self.fail(Reason.INVALID_SPEC, message)
+            self._invalid(list(self.ctx.problems))
             return self.step
         if status.phase == Phase.PENDING:
             self._start_job()
         self._record_all()
+        if self.problems:  # found by a unit in the data, after the job started
+            stage = self.status.current_stage
+            self._invalid(self.problems)
+            if stage is not None:
+                st.finish_stage(self.status, stage, StagePhase.FAILED, "; ".join(self.problems),
+                                self.at)
+            self._findings()
+            self._finish()
+            return self.step
         if self.ctx.interrupted:
             return self._end_early(Reason.INTERRUPTED, "stopped by Ctrl-C; `kubetrain run "
                                    "--resume` continues from the last checkpoint")
@@ -102,6 +108,12 @@ class _Engine(UnitRecords):
             self.event("Normal", "Succeeded", "all stages finished")
             self._finish()
         return self.step
+
+    def _invalid(self, problems: list[str]) -> None:
+        message = "; ".join(problems)
+        st.set_condition(self.status, "Invalid", "True", Reason.INVALID_SPEC, message, self.at)
+        self._stop_all()  # a spec edited into an invalid one must not leave pods running
+        self.fail(Reason.INVALID_SPEC, message)
 
     def _start_job(self) -> None:
         status = self.status

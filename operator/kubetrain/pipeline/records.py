@@ -47,6 +47,8 @@ class UnitRecords:
         status.observed_generation = job.metadata.generation
         self.step = Step(status=status)
         self.status = status
+        self.problems: list[str] = []
+        """Problems with the spec that a unit found in the data: the job is Invalid."""
 
     # ----- small helpers --------------------------------------------------------------------
 
@@ -150,6 +152,11 @@ class UnitRecords:
         record.completion_time = self.at
         if result is not None:
             record.result = _compact(seen.result or {})
+        if result is not None and result.problems:
+            # The spec cannot work with this data: no retry would help.
+            record.phase, record.message = StagePhase.FAILED, "; ".join(result.problems)
+            self.problems += [p for p in result.problems if p not in self.problems]
+            return
         if unit.kind == "trial":
             # A trial that failed on its own counts as a failed trial; the sweep goes on.
             record.phase, record.message = StagePhase.FAILED, message

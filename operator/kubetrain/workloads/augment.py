@@ -26,7 +26,7 @@ from ..api.spec import ImageAugmentationSpec, TabularAugmentationSpec, TrainingJ
 from ..augment import AugmentationError, check_augmentation
 from ..augment import store as st
 from ..data import Dataset, DatasetError, load_dataset, split_dataset
-from ..report import Reporter, default_result_path, write_json_atomic
+from ..report import Reporter, default_result_path, refuse, write_json_atomic
 from .args import add_common_arguments
 
 
@@ -276,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except (AugmentationError, DatasetError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return refuse(args.result or default_result_path(), [f"spec.{error}"])
     return 0
 
 

@@ -22,11 +22,11 @@ from ..api.quantity import parse_cpu
 from ..api.spec import TrainingJobSpec
 from ..augment import AugmentationError, check_augmentation
 from ..augment.store import augmented_training_rows
-from ..data import Standardizer, kfold_splits, load_dataset, split_dataset
+from ..data import DatasetError, Standardizer, kfold_splits, load_dataset, split_dataset
 from ..findings.overfitting import analyze_overfitting
-from ..models import build_model
+from ..models import ModelError, build_model
 from ..pipeline.params import apply_params
-from ..report import Reporter, default_result_path, write_json_atomic
+from ..report import Reporter, default_result_path, refuse, write_json_atomic
 from . import checkpoint as ckpt
 from .args import add_common_arguments
 from .distributed import DistContext, init_distributed, shutdown
@@ -65,6 +65,10 @@ def _set_threads(spec: TrainingJobSpec) -> None:
     torch.set_num_threads(max(1, int(parse_cpu(res.cpu) // res.workers_per_node)))
 
 
+def result_path(args: argparse.Namespace) -> Path:
+    return args.result or default_result_path() or args.storage / args.unit / "result.json"
+
+
 def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict[str, Any]:
     job = load_training_job(args.job)
     spec: TrainingJobSpec = job.spec
@@ -74,8 +78,7 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
     _set_threads(spec)
     ctx: DistContext = init_distributed(use_gpu=spec.training.resources.gpus_per_node > 0)
     unit_dir = args.storage / args.unit
-    result_path = args.result or default_result_path() or unit_dir / "result.json"
-    reporter = Reporter(result_path, enabled=ctx.is_main)
+    reporter = Reporter(result_path(args), enabled=ctx.is_main)
     try:
         result = _train(spec, args, ctx, unit_dir, reporter, on_epoch)
     except BaseException:
@@ -109,7 +112,7 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
             X_aug, y_aug = augmented_training_rows(args.storage, spec, len(dataset),
                                                    splits.indices, args.fold)
         except AugmentationError as error:
-            raise SystemExit(f"error: spec.{error}") from None
+            raise SpecProblem(f"spec.{error}") from None
         augmented = len(y_aug)
         train_rows = (np.concatenate([splits.train[0], X_aug]),
                       np.concatenate([splits.train[1], y_aug]))
@@ -193,9 +196,18 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
     return summary
 
 
+class SpecProblem(ValueError):
+    """The spec cannot work with this data; the message names the field."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    summary = run(args)
+    try:
+        summary = run(args)
+    except (DatasetError, ModelError) as error:
+        return refuse(result_path(args), [f"spec.{error}"])
+    except SpecProblem as error:
+        return refuse(result_path(args), [str(error)])
     # A terminated run saved its checkpoint; a non-zero code tells the executor it is not done.
     return 143 if summary["status"] == "terminated" else 0
 
