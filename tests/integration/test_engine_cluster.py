@@ -222,3 +222,16 @@ def test_augmentation_shards_run_at_once(namespace: str, operator: Any) -> None:
     assert len(spans) == 3
     # every shard started before any shard finished: they ran at once
     assert max(start for start, _ in spans) <= min(end for _, end in spans)
+
+
+def test_a_spec_the_data_refuses_is_invalid_on_the_cluster_too(namespace: str,
+                                                               operator: Any) -> None:
+    # `kubetrain run` refuses this before it starts (exit 2); the operator has no data to
+    # check, so the first unit that loads it reports the problem and the job is Invalid.
+    apply_job(namespace, small_job("nodata", dataset={"builtin": "breast_cancer"},
+                                   model={"builtin": "cnn"}))
+    status = wait_phase(namespace, "nodata", ("Succeeded", "Failed"), timeout=240)
+    invalid = next(c for c in status["conditions"] if c["type"] == "Invalid")
+    assert invalid["reason"] == "InvalidSpec"
+    assert invalid["message"].startswith("spec.model.builtin: cnn needs image data")
+    assert status["stages"]["training"]["units"]["train"]["restarts"] == 0
