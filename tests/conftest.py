@@ -78,7 +78,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
     """A required cluster test that skipped shows as FAILED (not as a setup ERROR)."""
-    if report.failed and ("kubetrain_required_cluster", True) in report.user_properties:
+    # a collection report has no user_properties
+    if report.failed and ("kubetrain_required_cluster", True) in getattr(
+            report, "user_properties", ()):
         return "failed", "F", "FAILED"
     return None
 
