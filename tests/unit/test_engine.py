@@ -413,3 +413,13 @@ def test_a_spec_problem_a_unit_found_in_the_data_makes_the_job_invalid_without_r
     assert world.unit("train").restarts == 0
     assert world.status.stages["training"].phase == "Failed"
     assert [launch.unit.name for launch in step.launch] == ["report"]
+
+
+def test_a_trial_that_finds_the_data_refuses_the_spec_makes_the_job_invalid() -> None:
+    world = World(make_job(tuning=sweep_spec()))
+    world.step()
+    problem = "spec.dataset.uri: data.csv not found"
+    world.fail("trial-0", 2, result=trial_result(0, state="failed", problems=[problem]))
+    world.step()
+    assert world.condition("Invalid").message == problem
+    assert world.running() == ["report"]  # every trial and the study server stopped

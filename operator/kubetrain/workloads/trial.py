@@ -30,7 +30,8 @@ from optuna.trial import TrialState
 
 from ..api import load_training_job
 from ..api.spec import TrainingJobSpec
-from ..report import Reporter, default_result_path
+from ..data import DatasetError
+from ..report import SPEC_PROBLEM_EXIT, Reporter, default_result_path
 from ..tuning.space import decode_params, distributions
 from ..tuning.study import TUNING_DIR, load_study, open_storage, state_name, trial_epochs
 from . import train
@@ -146,7 +147,7 @@ def run_trial(spec: TrainingJobSpec, args: argparse.Namespace, study: optuna.Stu
         return int(metrics["epoch"]) < planned and trial.should_prune()
 
     state, value, error, epochs_run = TrialState.FAIL, None, None, 0
-    code = 1
+    code, problems = 1, []
     try:
         summary = train.run(training_args(args.job, args.storage, number, params, planned,
                                           args.base_dir, args.data_root), on_epoch)
@@ -163,6 +164,11 @@ def run_trial(spec: TrainingJobSpec, args: argparse.Namespace, study: optuna.Stu
                 state, code = TrialState.COMPLETE, 0
     except Terminated:
         error, code = "terminated", 143
+    except (DatasetError, train.SpecProblem) as exc:
+        # The data refuses the spec whatever the trial's parameters: the job is Invalid.
+        # (A model that does not fit is a failed trial: the parameters may be the cause.)
+        problems = [str(exc) if isinstance(exc, train.SpecProblem) else f"spec.{exc}"]
+        error, code = problems[0], SPEC_PROBLEM_EXIT
     except Exception as exc:
         traceback.print_exc()
         error = f"{type(exc).__name__}: {exc}"
@@ -180,6 +186,8 @@ def run_trial(spec: TrainingJobSpec, args: argparse.Namespace, study: optuna.Stu
                               "epochs_run": epochs_run, "seconds": seconds}
     if error:
         fields["error"] = error[:500]
+    if problems:
+        fields["problems"] = problems
     reporter.event("trial", number=number, state=fields["state"], value=frozen.value,
                    params=params, epoch=epochs_run, **({"error": fields["error"]} if error
                                                       else {}))
