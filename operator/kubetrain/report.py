@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 PROTOCOL_VERSION = 1
+EXECUTOR_PID_ENV = "KUBETRAIN_EXECUTOR_PID"
+"""Set by the local executor: a unit may end itself when that process dies."""
 SPEC_PROBLEM_EXIT = 2
 """Exit code of a unit that found the spec cannot work (its result names the fields)."""
 TAG = "kubetrain"

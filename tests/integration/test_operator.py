@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from k8s import (
+    HOST_STORAGE,
     REPO,
     apply_job,
     get_json,
@@ -56,6 +57,14 @@ def test_small_job_succeeds_with_findings_columns_and_events(namespace: str,
     assert "Succeeded" in table and "6/6 epochs" in table
     events = kubectl("describe", "tj", "digits-small", "-n", namespace).stdout
     assert "StageRunning" in events and "Succeeded" in events
+    # report.md, the loss curve and status.yaml in the job's storage, written by the report
+    # pod after the job ended, where status.artifacts says
+    folder = f"kubetrain/{namespace}/digits-small"
+    assert status["artifacts"]["report"] == f"/data/kubetrain-data/{folder}/report.md"
+    host = HOST_STORAGE / namespace / folder
+    wait_for(lambda: (host / "status.yaml").exists(), 120, "the report pod's files")
+    assert "Succeeded" in (host / "report.md").read_text()
+    assert (host / "loss-curve.png").stat().st_size > 0
     pod = next(p for p in _pods(namespace) if p["metadata"]["name"] == "digits-small-train-0")
     spec = pod["spec"]
     assert spec["automountServiceAccountToken"] is False

@@ -401,15 +401,20 @@ def test_summary_pod_reaches_the_study_server() -> None:
     assert command[command.index("--study-server") + 1] == "mnist-study:13000"
 
 
-def test_report_pod_writes_to_the_job_storage() -> None:
+def test_report_pod_writes_to_the_job_storage_and_reads_the_status_from_a_config_map() -> None:
     job = make_job()
     report = plan(job.spec, "mnist").report
     assert report is not None
-    (pod,) = b.unit_pods(job, report, 0, SETTINGS, ("--status", "{}"))
+    (pod,) = b.unit_pods(job, report, 0, SETTINGS, status_file=True)
     command = container(pod)["command"]
     assert command[:3] == ["python", "-m", "kubetrain.workloads.finish"]
     assert command[command.index("--storage") + 1] == "/data/shared/kubetrain/ml/mnist"
-    assert command[-2:] == ["--status", "{}"]
+    assert command[-2:] == ["--status-file", "/etc/kubetrain-status/status.json"]
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "final-status")
+    assert volume["configMap"]["name"] == "mnist-final-status"
+    config_map = b.status_config_map(job, '{"phase": "Succeeded"}')
+    assert config_map["metadata"]["name"] == "mnist-final-status"
+    assert config_map["data"] == {"status.json": '{"phase": "Succeeded"}'}
 
 
 # ----- job ConfigMap, storage and names --------------------------------------------------------

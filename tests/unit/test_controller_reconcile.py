@@ -161,11 +161,11 @@ def test_the_report_pod_is_created_when_the_job_ends_and_then_left_alone() -> No
     cluster = running_gang()
     cluster.succeed_unit("train", train_result())
     decision = cluster.reconcile()
-    assert names(decision) == ["mnist-report"]
+    assert names(decision) == ["mnist-final-status", "mnist-report"]
     report = created(decision, "mnist-report")
     assert command(report)[:3] == ["python", "-m", "kubetrain.workloads.finish"]
     assert arg(report, "--storage") == STORAGE
-    final = json.loads(arg(report, "--status"))
+    final = json.loads(created(decision, "mnist-final-status")["data"]["status.json"])
     assert final["phase"] == "Succeeded"
     assert final["training"]["bestEpoch"] == 11
     assert report["spec"]["restartPolicy"] == "Never"
@@ -333,7 +333,7 @@ def test_restarts_exhausted_fail_the_job_naming_the_unit_and_exit_code() -> None
     assert train.message == failed.message
     assert status.completion_time == "2025-03-01T12:00:30Z"
     assert Event("Warning", "BackoffLimitExceeded", failed.message) in decision.events
-    assert names(decision) == ["mnist-report"]
+    assert names(decision) == ["mnist-final-status", "mnist-report"]
 
 
 def test_a_gang_that_failed_for_good_has_its_surviving_rank_deleted() -> None:

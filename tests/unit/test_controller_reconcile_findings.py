@@ -106,7 +106,7 @@ def test_budget_stop_deletes_running_pods_with_a_short_grace_and_fails_the_job()
     assert condition(status, "Failed").reason == "BudgetExceeded"
     assert status.stages["training"].phase == "Failed"
     assert "BudgetExceeded" in reasons(decision)
-    assert names(decision) == ["mnist-report"]
+    assert names(decision) == ["mnist-final-status", "mnist-report"]
 
 
 def budget_job(action: str = "stop") -> Cluster:
@@ -136,7 +136,7 @@ def test_budget_reached_stops_before_launching_more_work() -> None:
     assert condition(status, "BudgetExceeded").status == "True"
     assert status.phase == "Failed"
     assert condition(status, "Failed").reason == "BudgetExceeded"
-    assert names(decision) == ["mnist-report"]  # no training pod
+    assert names(decision) == ["mnist-final-status", "mnist-report"]  # no training pod
     assert "BudgetExceeded" in reasons(decision)
 
 

@@ -113,7 +113,7 @@ def test_active_deadline_fails_the_job_and_deletes_its_pods() -> None:
     assert condition(status, "Failed").reason == "DeadlineExceeded"
     assert "600" in condition(status, "Failed").message
     assert deleted(decision) == GANG
-    assert names(decision) == ["mnist-report"]
+    assert names(decision) == ["mnist-final-status", "mnist-report"]
 
 
 def test_active_deadline_fails_the_stage_that_ran() -> None:

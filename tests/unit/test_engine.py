@@ -63,7 +63,7 @@ def test_stages_run_in_order_and_the_job_succeeds_with_findings() -> None:
         "augmentation", "training", "explanation"}
     # the report unit writes report.md with the final status
     report = [launch for launch in step.launch if launch.unit.name == "report"]
-    assert report and json.loads(report[0].args[1])["phase"] == "Succeeded"
+    assert report and json.loads(report[0].status_file or "")["phase"] == "Succeeded"
     assert status.artifacts["report"] == "/s/report.md"
     assert status.artifacts["lossCurve"] == "/s/loss-curve.png"
 

@@ -27,6 +27,8 @@ MASTER_PORT = 29500
 JOB_MOUNT = "/etc/kubetrain"
 DATA_MOUNT = "/data"
 DEV_SOURCE_MOUNT = "/opt/kubetrain-dev"
+STATUS_MOUNT = "/etc/kubetrain-status"
+STATUS_FILE = "status.json"
 # The worker runs as this non-root user (images/worker/Dockerfile creates it).
 WORKER_UID = 1000
 
@@ -195,8 +197,18 @@ def study_address(job: TrainingJob) -> str:
     return f"{child_name(job.metadata.name, STUDY_UNIT)}:{STUDY_PORT}"
 
 
+def status_config_map(job: TrainingJob, status_json: str) -> dict[str, Any]:
+    """The final status the report unit reads (a file: a big sweep's status outgrows one
+    command-line argument; a ConfigMap holds up to 1 MiB)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _metadata(job, child_name(job.metadata.name, "final-status"),
+                                  labels(job)),
+            "data": {STATUS_FILE: status_json}}
+
+
 def unit_pods(job: TrainingJob, unit: WorkUnit, attempt: int, settings: WorkerSettings,
-              extra_args: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+              extra_args: tuple[str, ...] = (), status_file: bool = False
+              ) -> list[dict[str, Any]]:
     """One pod per node rank of a unit, labelled with the attempt it belongs to.
 
     Every unit is bare pods (restartPolicy Never), so that one place, the stage engine, decides
@@ -205,7 +217,8 @@ def unit_pods(job: TrainingJob, unit: WorkUnit, attempt: int, settings: WorkerSe
     """
     service = child_name(job.metadata.name, unit.name)
     namespace = job.metadata.namespace or "default"
-    args = [*extra_args, *(("--study-server", study_address(job)) if unit.study_client else ())]
+    args = [*extra_args, *(("--study-server", study_address(job)) if unit.study_client else ()),
+            *(("--status-file", f"{STATUS_MOUNT}/{STATUS_FILE}") if status_file else ())]
     command = unit_command(unit, storage_dir(job, settings), args)
     pods = []
     for rank in range(unit.nodes):
@@ -218,6 +231,11 @@ def unit_pods(job: TrainingJob, unit: WorkUnit, attempt: int, settings: WorkerSe
         extra = {LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt), LABEL_ROLE: unit.kind}
         lab = labels(job, unit, **extra)
         spec = pod_spec(job, unit, settings, command, env)
+        if status_file:
+            spec["volumes"].append({"name": "final-status", "configMap": {
+                "name": child_name(job.metadata.name, "final-status")}})
+            spec["containers"][0]["volumeMounts"].append(
+                {"name": "final-status", "mountPath": STATUS_MOUNT, "readOnly": True})
         if unit.service:
             spec["restartPolicy"] = "Always"
         if unit.nodes > 1:

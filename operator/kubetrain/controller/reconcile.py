@@ -66,8 +66,11 @@ def reconcile(job: TrainingJob, observed: Observed, settings: b.WorkerSettings,
                 for service in b.unit_services(job, unit):
                     ensure(service)
     for launch in step.launch:
+        if launch.status_file is not None:
+            ensure(b.status_config_map(job, launch.status_file))
         for obj in (*b.unit_services(job, launch.unit),
-                    *b.unit_pods(job, launch.unit, launch.attempt, settings, launch.args)):
+                    *b.unit_pods(job, launch.unit, launch.attempt, settings, launch.args,
+                                 status_file=launch.status_file is not None)):
             ensure(obj)
     for stop in step.stop:
         for pod in observed.pods:

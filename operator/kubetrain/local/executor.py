@@ -162,6 +162,11 @@ class LocalExecutor:
             args += ["--host", "127.0.0.1", "--port", str(self.study_port)]
         if unit.study_client:
             args += ["--study-server", f"127.0.0.1:{self.study_port}"]
+        if launch.status_file is not None:
+            status_file = log.parent / "status.json"
+            status_file.parent.mkdir(parents=True, exist_ok=True)
+            status_file.write_text(launch.status_file)
+            args += ["--status-file", str(status_file)]
         old = self.units.get(unit.name)
         if old is not None and old.alive:
             old.terminate(0)

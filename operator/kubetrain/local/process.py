@@ -15,7 +15,7 @@ from typing import Any
 
 from ..pipeline.actions import Observation, Seen
 from ..pipeline.plan import WorkUnit
-from ..report import parse_event, read_result
+from ..report import EXECUTOR_PID_ENV, parse_event, read_result
 
 Line = tuple["UnitProcess", dict[str, Any] | None]
 """(process, event) from a unit's stdout; event None when the process exited."""
@@ -63,6 +63,8 @@ class UnitProcess:
         # Workers side by side on a small machine must not each start a thread per core.
         if unit.world_size > 1 or unit.kind in ("trial", "augment-shard"):
             environment.setdefault("OMP_NUM_THREADS", "1")
+        # A unit that supports it ends with this process, even if it is SIGKILLed.
+        environment[EXECUTOR_PID_ENV] = str(os.getpid())
         self.started = time.time()
         self.finished: float | None = None
         self.progress: dict[str, Any] | None = None

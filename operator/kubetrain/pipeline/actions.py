@@ -73,7 +73,10 @@ class Launch:
     unit: WorkUnit
     attempt: int
     args: tuple[str, ...] = ()
-    """Arguments the engine adds: the best trial's parameters, the final status (report)."""
+    """Arguments the engine adds: the best trial's parameters."""
+    status_file: str | None = None
+    """Content of a file the unit reads with ``--status-file`` (the report unit: the job's
+    final status as JSON); the executor decides where the file lives."""
 
 
 @dataclass(frozen=True)

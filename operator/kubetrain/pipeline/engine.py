@@ -410,7 +410,7 @@ class _Engine(UnitRecords):
         if self.plan.report is not None:
             final = self.job.model_copy(update={"status": self.status}).to_manifest()
             self.step.launch.append(Launch(self.plan.report, 0,
-                                           ("--status", json.dumps(final["status"]))))
+                                           status_file=json.dumps(final["status"])))
 
 
 def resumed(status: TrainingJobStatus) -> TrainingJobStatus:

@@ -43,8 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      description="kubetrain report work unit (report.md, loss "
                                                  "curve, status.yaml)")
     add_common_arguments(parser, result_default=f"<storage>/{UNIT}/result.json")
-    parser.add_argument("--status", required=True, metavar="JSON",
-                        help="the job's final status, camelCase JSON (the resource's status)")
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--status", metavar="JSON",
+                       help="the job's final status, camelCase JSON (the resource's status)")
+    given.add_argument("--status-file", type=Path, metavar="FILE",
+                       help="the same, in a file (what the executors give: a big sweep's "
+                            "status outgrows one command-line argument)")
     return parser.parse_args(argv)
 
 
@@ -116,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                         or args.storage / UNIT / "result.json")
     try:
         job = load_training_job(args.job)
-        job.status = TrainingJobStatus.model_validate(json.loads(args.status))
+        text = args.status if args.status is not None else args.status_file.read_text()
+        job.status = TrainingJobStatus.model_validate(json.loads(text))
         result = write_artifacts(job, args.storage)
     except Exception as error:
         traceback.print_exc()

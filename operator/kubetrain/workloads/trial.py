@@ -31,15 +31,12 @@ from optuna.trial import TrialState
 from ..api import load_training_job
 from ..api.spec import TrainingJobSpec
 from ..data import DatasetError
-from ..report import SPEC_PROBLEM_EXIT, Reporter, default_result_path
+from ..report import EXECUTOR_PID_ENV, SPEC_PROBLEM_EXIT, Reporter, default_result_path
 from ..tuning.space import decode_params, distributions
 from ..tuning.study import TUNING_DIR, load_study, open_storage, state_name, trial_epochs
 from . import train
 from .args import add_common_arguments
 
-PARENT_ENV = "KUBETRAIN_SWEEP_PID"
-"""The pid of a local executor that starts trial processes (optional): the trial ends with it
-(no orphaned trainings when the executor is killed)."""
 RESULT_FILE = "trial.json"
 
 
@@ -92,8 +89,8 @@ def objective_value(summary: dict[str, Any], metric: str, direction: str) -> flo
 
 
 def die_with_parent() -> None:
-    """Under a local executor (``PARENT_ENV``): get SIGTERM when it dies, even by SIGKILL."""
-    parent = os.environ.get(PARENT_ENV)
+    """Under a local executor (``EXECUTOR_PID_ENV``): get SIGTERM when it dies, even by SIGKILL."""
+    parent = os.environ.get(EXECUTOR_PID_ENV)
     if not parent or not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
