@@ -179,7 +179,8 @@ def test_operator_killed_three_times_job_still_succeeds(namespace: str) -> None:
     assert status["phase"] == "Succeeded", json.dumps(status)[:2000]
     # Every pod was created exactly once: no duplicates, no stage rerun from scratch.
     assert created and all(count == 1 for count in created.values()), created
-    assert set(created) == {"survivor-fold-0-0", "survivor-fold-1-0", "survivor-train-0"}
+    assert set(created) == {"survivor-fold-0-0", "survivor-fold-1-0", "survivor-train-0",
+                            "survivor-report"}
     units = status["stages"]["training"]["units"]
     assert all(u["restarts"] == 0 and u["phase"] == "Succeeded" for u in units.values())
     assert status["training"]["crossValidation"]["folds"] == 2
