@@ -8,7 +8,7 @@ second): the longest shard plus the merge, which is what the stage waits for whe
 run at once. Unit-seconds (their sum) show what the shards cost together.
 
     python bench/augment_shards.py                 # 4 shards vs 1, 3 repeats, ~3 min here
-    python bench/augment_shards.py --shards 4 --multiplier 16 --repeats 5
+    python bench/augment_shards.py --images 96 --multiplier 8   # larger images, where it pays
 """
 
 from __future__ import annotations
@@ -22,13 +22,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 
-def manifest(shards: int, multiplier: int) -> dict[str, Any]:
+def synthetic_images(folder: Path, count: int, size: int) -> Path:
+    """An npz of RGB images (count x 3 x size x size, uint8), a class per colour pattern: the
+    larger images a real augmentation job has (digits are 8x8, and cost nothing to augment)."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, count)
+    X = rng.integers(0, 64, (count, 3, size, size), dtype=np.uint8)
+    for label in range(4):
+        X[y == label, label % 3, label * size // 8:, :] += 128
+    path = folder / f"images-{size}.npz"
+    np.savez(path, X=X, y=y)
+    return path
+
+
+def manifest(shards: int, multiplier: int, dataset: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
             "metadata": {"name": f"shards-{shards}"},
-            "spec": {"dataset": {"builtin": "digits"},
+            "spec": {"dataset": dataset,
                      "augmentation": {"enabled": True, "multiplier": multiplier,
                                       "shards": shards, "parallelism": shards,
                                       "image": {"rotation": 10, "translate": 0.1,
@@ -47,9 +61,10 @@ def stage_seconds(status: dict[str, Any]) -> tuple[float, float]:
     return max(shards) + merge, sum(shards) + merge
 
 
-def run(shards: int, multiplier: int, folder: Path) -> tuple[float, float, float]:
+def run(shards: int, multiplier: int, folder: Path,
+        dataset: dict[str, Any]) -> tuple[float, float, float]:
     path = folder / f"shards-{shards}.yaml"
-    path.write_text(yaml.safe_dump(manifest(shards, multiplier)))
+    path.write_text(yaml.safe_dump(manifest(shards, multiplier, dataset)))
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "kubetrain.cli", "run", str(path),
                            "--storage", str(folder / f"run-{shards}"), "--no-progress"],
@@ -65,13 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--multiplier", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=0, metavar="SIZE",
+                        help="augment 1500 synthetic SIZE x SIZE RGB images instead of digits")
     args = parser.parse_args(argv)
     results: dict[int, list[tuple[float, float, float]]] = {1: [], args.shards: []}
     with tempfile.TemporaryDirectory() as tmp:
+        dataset: dict[str, Any] = {"builtin": "digits"}
+        what = "digits (8x8)"
+        if args.images:
+            path = synthetic_images(Path(tmp), 1500, args.images)
+            dataset, what = {"uri": str(path), "format": "npz"}, f"1500 RGB {args.images}px"
         for _ in range(args.repeats):
             for shards in (1, args.shards):
-                results[shards].append(run(shards, args.multiplier, Path(tmp)))
-    print(f"digits, multiplier {args.multiplier}, {args.repeats} repeats (median):")
+                results[shards].append(run(shards, args.multiplier, Path(tmp), dataset))
+    print(f"{what}, multiplier {args.multiplier}, {args.repeats} repeats (median):")
     print("| shards | stage wall s | unit-seconds | whole run s |")
     print("|---|---|---|---|")
     for shards, rows in results.items():
