@@ -127,16 +127,18 @@ def test_overfitting_action_stop_ends_training_and_keeps_the_best(
     assert status["findings"]["overfitting"]["verdict"] == "overfitting"
 
 
-def test_custom_script_mode_is_not_available_yet_and_says_so(tmp_path: Path,
-                                                           write_manifest: Any) -> None:
-    manifest = base_manifest(training={"epochs": 2, "command": ["python", "train.py"]})
-    out = tmp_path / "out.yaml"
-    proc = kubetrain("run", str(write_manifest(manifest)), "--storage", str(tmp_path / "s"),
-                     "-o", str(out))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "training.command (custom script mode) is not available yet" in proc.stderr
-    status = yaml.safe_load(out.read_text())["status"]
-    assert status["stages"]["training"]["phase"] == "NotAvailable"
+def test_custom_script_mode_is_refused_by_validate_and_run_alike(tmp_path: Path,
+                                                               write_manifest: Any) -> None:
+    # One honest answer everywhere (the operator says Invalid): not available yet.
+    manifest = write_manifest(base_manifest(training={"epochs": 2,
+                                                      "command": ["python", "train.py"]}))
+    storage = tmp_path / "s"
+    for command in (("validate", str(manifest)), ("run", str(manifest), "--storage",
+                                                   str(storage))):
+        proc = kubetrain(*command)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "spec.training.command: custom script mode is not available yet" in proc.stderr
+    assert not storage.exists()
 
 
 def test_output_to_stdout_is_the_resource_with_status(tmp_path: Path,
