@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -174,6 +175,16 @@ def operator_env(namespace: str) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def start_operator(namespace: str) -> subprocess.Popen[bytes]:
+    """The operator as its own process (`kubetrain operator`), for tests that kill it."""
+    with operator_env(namespace):
+        env = dict(os.environ)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kubetrain.cli", "operator", "-n", namespace,
+         "--liveness", "http://127.0.0.1:0/healthz"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 @pytest.fixture

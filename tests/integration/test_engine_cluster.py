@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import datetime
 from typing import Any
@@ -18,8 +16,8 @@ from k8s import (
     get_json,
     job_status,
     kubectl,
-    operator_env,
     small_job,
+    start_operator,
     wait_for,
     wait_phase,
 )
@@ -159,15 +157,6 @@ def _pods_running(namespace: str, job: str) -> list[str]:
             and p["metadata"]["labels"].get("kubetrain.io/unit") != "report"]
 
 
-def _start_operator(namespace: str) -> subprocess.Popen[bytes]:
-    with operator_env(namespace):
-        env = dict(os.environ)
-    return subprocess.Popen(
-        [sys.executable, "-m", "kubetrain.cli", "operator", "-n", namespace,
-         "--liveness", "http://127.0.0.1:0/healthz"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
 def test_operator_killed_during_a_sweep_makes_no_duplicate_trial_pods(namespace: str) -> None:
     apply_job(namespace, sweep_job("kill", trials=4, parallelism=2, epochs=15))
     uids: dict[str, set[str]] = {}
@@ -176,7 +165,7 @@ def test_operator_killed_during_a_sweep_makes_no_duplicate_trial_pods(namespace:
         for pod in _pods(namespace, "kill"):
             uids.setdefault(pod["metadata"]["name"], set()).add(pod["metadata"]["uid"])
 
-    proc = _start_operator(namespace)
+    proc = start_operator(namespace)
     try:
         for _ in range(2):
             wait_for(lambda: any(n.startswith("kill-trial") for n in _pods_running(
@@ -186,7 +175,7 @@ def test_operator_killed_during_a_sweep_makes_no_duplicate_trial_pods(namespace:
             proc.wait()
             record()
             time.sleep(2)
-            proc = _start_operator(namespace)
+            proc = start_operator(namespace)
         deadline = time.time() + 600
         while time.time() < deadline and job_status(namespace, "kill").get("phase") not in (
                 "Succeeded", "Failed"):

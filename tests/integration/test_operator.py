@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from typing import Any
@@ -19,8 +17,8 @@ from k8s import (
     get_json,
     job_status,
     kubectl,
-    operator_env,
     small_job,
+    start_operator,
     wait_for,
     wait_phase,
 )
@@ -134,15 +132,6 @@ def test_deleting_the_job_removes_all_children_within_30s(namespace: str,
     assert time.time() - started <= 30
 
 
-def _start_operator(namespace: str) -> subprocess.Popen[bytes]:
-    with operator_env(namespace):
-        env = dict(os.environ)
-    return subprocess.Popen(
-        [sys.executable, "-m", "kubetrain.cli", "operator", "-n", namespace,
-         "--liveness", "http://127.0.0.1:0/healthz"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
 def test_operator_killed_three_times_job_still_succeeds(namespace: str) -> None:
     manifest = small_job("survivor", training={
         "epochs": 60, "batchSize": 32, "learningRate": 0.003,
@@ -150,7 +139,7 @@ def test_operator_killed_three_times_job_still_succeeds(namespace: str) -> None:
     apply_job(namespace, manifest)
     created: Counter[str] = Counter()
     seen_uids: dict[str, str] = {}
-    proc = _start_operator(namespace)
+    proc = start_operator(namespace)
     try:
         for _ in range(3):
             wait_for(lambda: any(p["status"].get("phase") == "Running"
@@ -164,7 +153,7 @@ def test_operator_killed_three_times_job_still_succeeds(namespace: str) -> None:
                     seen_uids[name] = uid
                     created[name] += 1
             time.sleep(2)
-            proc = _start_operator(namespace)
+            proc = start_operator(namespace)
         status = wait_phase(namespace, "survivor", ("Succeeded", "Failed"), timeout=600)
         for pod in _pods(namespace):
             name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .status import OverfittingFinding
+from .status import BestTrial, FeatureAttribution, OverfittingFinding, TrialCounts
 
 TRUNCATED = "truncated:"
 ResultStatus = Literal["succeeded", "failed", "terminated"]
@@ -80,30 +80,12 @@ class TrialResult(UnitResult):
     error: str | None = None
 
 
-class BestTrialResult(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    trial: int
-    params: dict[str, Any] = Field(default_factory=dict)
-    value: float
-
-
-class TrialCountsResult(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    total: int = 0
-    running: int = 0
-    complete: int = 0
-    pruned: int = 0
-    failed: int = 0
-
-
 class TuningResult(UnitResult):
     """The sweep's summary: the study's trials by state, the best trial, what pruning saved."""
 
     study: str | None = None
-    trials: TrialCountsResult = Field(default_factory=TrialCountsResult)
-    best: BestTrialResult | None = None
+    trials: TrialCounts = Field(default_factory=TrialCounts)
+    best: BestTrial | None = None
     importances: dict[str, float] = Field(default_factory=dict)
     epochs_run: int | None = None
     epochs_saved_by_pruning: int | None = None
@@ -111,16 +93,9 @@ class TuningResult(UnitResult):
     trials_table: str | None = None
 
 
-class FeatureResult(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    feature: str
-    mean_abs_shap: float
-
-
 class ExplanationResult(UnitResult):
     method: str = ""
-    top_features: list[FeatureResult] = Field(default_factory=list)
+    top_features: list[FeatureAttribution] = Field(default_factory=list)
     completeness_error: float | None = None
     analysis: str | None = None
     plots: dict[str, str] = Field(default_factory=dict)

@@ -24,7 +24,6 @@ from ..api.status import (
     Condition,
     CrossValidationStatus,
     ExplanationFinding,
-    FeatureAttribution,
     OverfittingFinding,
     Phase,
     Reason,
@@ -209,9 +208,9 @@ def apply_tuning_result(status: TrainingJobStatus, spec: TrainingJobSpec,
                         result: TuningResult) -> None:
     tuning = _tuning(status, spec)
     tuning.study = result.study
-    tuning.trials = TrialCounts(**result.trials.model_dump())
+    tuning.trials = result.trials.model_copy()
     if result.best is not None:
-        tuning.best = BestTrial(**result.best.model_dump())
+        tuning.best = result.best.model_copy()
     tuning.importances = dict(result.importances)
     tuning.epochs_run = result.epochs_run
     tuning.epochs_saved_by_pruning = result.epochs_saved_by_pruning
@@ -220,8 +219,7 @@ def apply_tuning_result(status: TrainingJobStatus, spec: TrainingJobSpec,
 def apply_explanation_result(status: TrainingJobStatus, result: ExplanationResult) -> None:
     status.findings.explanation = ExplanationFinding(
         method=result.method,
-        top_features=[FeatureAttribution(feature=f.feature, mean_abs_shap=f.mean_abs_shap)
-                      for f in result.top_features],
+        top_features=[f.model_copy() for f in result.top_features],
         completeness_error=result.completeness_error,
         artifact=result.analysis,
     )
