@@ -109,10 +109,13 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
     if spec.augmentation.enabled:
         try:
             check_augmentation(spec, dataset)
+        except AugmentationError as error:  # the spec asks what this data cannot give
+            raise SpecProblem(f"spec.{error}") from None
+        try:
             X_aug, y_aug = augmented_training_rows(args.storage, spec, len(dataset),
                                                    splits.indices, args.fold)
-        except AugmentationError as error:
-            raise SpecProblem(f"spec.{error}") from None
+        except AugmentationError as error:  # missing or stale rows: the stage must run again
+            raise SystemExit(f"error: spec.{error}") from None
         augmented = len(y_aug)
         train_rows = (np.concatenate([splits.train[0], X_aug]),
                       np.concatenate([splits.train[1], y_aug]))
