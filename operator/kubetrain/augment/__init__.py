@@ -11,6 +11,6 @@ the original dataset it came from (``source``), so a cross-validation fold can d
 came from its validation rows.
 """
 
-from .checks import AugmentationError, check_augmentation
+from .checks import AugmentationError, AugmentationSpecError, check_augmentation
 
-__all__ = ["AugmentationError", "check_augmentation"]
+__all__ = ["AugmentationError", "AugmentationSpecError", "check_augmentation"]

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..api import load_training_job
 from ..api.spec import ImageAugmentationSpec, TabularAugmentationSpec, TrainingJobSpec
-from ..augment import AugmentationError, check_augmentation
+from ..augment import AugmentationError, AugmentationSpecError, check_augmentation
 from ..augment import store as st
 from ..data import Dataset, DatasetError, load_dataset, split_dataset
 from ..report import Reporter, default_result_path, refuse, write_json_atomic
@@ -275,8 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (AugmentationError, DatasetError) as error:
+    except (AugmentationSpecError, DatasetError) as error:  # no rerun would help
         return refuse(args.result or default_result_path(), [f"spec.{error}"])
+    except AugmentationError as error:  # e.g. a shard's part missing: run the stage again
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -20,7 +20,7 @@ import torch
 from ..api import load_training_job
 from ..api.quantity import parse_cpu
 from ..api.spec import TrainingJobSpec
-from ..augment import AugmentationError, check_augmentation
+from ..augment import AugmentationError, AugmentationSpecError, check_augmentation
 from ..augment.store import augmented_training_rows
 from ..data import DatasetError, Standardizer, kfold_splits, load_dataset, split_dataset
 from ..findings.overfitting import analyze_overfitting
@@ -109,7 +109,7 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
     if spec.augmentation.enabled:
         try:
             check_augmentation(spec, dataset)
-        except AugmentationError as error:  # the spec asks what this data cannot give
+        except AugmentationSpecError as error:  # the spec asks what this data cannot give
             raise SpecProblem(f"spec.{error}") from None
         try:
             X_aug, y_aug = augmented_training_rows(args.storage, spec, len(dataset),
