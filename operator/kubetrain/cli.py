@@ -11,6 +11,7 @@ from rich.console import Console
 
 from . import __version__
 from .api import ManifestError, load_training_job
+from .api.status import Phase
 
 EXIT_INVALID = 2
 EXIT_FAILED = 1
@@ -55,7 +56,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
               f"{over.verdict if over else '-'}; cost {status.findings.cost.total:.6f} "
               f"{status.findings.cost.currency}; report {status.artifacts.get('report')}"
               if status.findings.cost else f"[bold]{status.phase}[/]")
-    return 0 if status.phase == "Succeeded" else EXIT_FAILED
+    return 0 if status.phase == Phase.SUCCEEDED else EXIT_FAILED
 
 
 def _cmd_crd(args: argparse.Namespace) -> int:

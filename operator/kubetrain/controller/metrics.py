@@ -21,12 +21,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..api.status import Phase, TrainingJobStatus
+from ..api.status import Phase, StagePhase, TrainingJobStatus
 from .observe import parse_time
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 PHASES: tuple[str, ...] = tuple(phase.value for phase in Phase)
-FINISHED_STAGE = ("Succeeded", "Failed")
+FINISHED_STAGE = (StagePhase.SUCCEEDED, StagePhase.FAILED)
 
 
 class JobPhases(Collector):
