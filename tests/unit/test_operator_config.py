@@ -153,3 +153,15 @@ def test_check_reports_an_operator_that_does_not_answer() -> None:
     assert proc.returncode == 1
     assert "FAILED: liveness endpoint http://127.0.0.1:9/healthz" in proc.stderr
     assert "FAILED: metrics endpoint http://127.0.0.1:9/metrics" in proc.stderr
+
+
+def test_an_unchanged_status_is_not_written_again() -> None:
+    from kubetrain.api.status import Phase, TrainingJobStatus
+    from kubetrain.controller.handlers import status_patch_if_changed
+
+    suspended = TrainingJobStatus(phase=Phase.SUSPENDED, progress="3/10 epochs")
+    assert status_patch_if_changed(suspended, suspended.model_copy(deep=True)) is None
+    running = suspended.model_copy(update={"phase": Phase.RUNNING})
+    patch = status_patch_if_changed(suspended, running)
+    assert patch is not None and patch["phase"] == "Running"
+    assert status_patch_if_changed(None, running) == patch  # a new job: always written

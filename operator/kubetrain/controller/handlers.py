@@ -137,6 +137,14 @@ def _status_patch(status: TrainingJobStatus) -> dict[str, Any]:
     return patch
 
 
+def status_patch_if_changed(before: TrainingJobStatus | None,
+                            after: TrainingJobStatus) -> dict[str, Any] | None:
+    """The status patch, or None when the status did not change: an idle job (suspended,
+    finished, waiting for its TTL) costs the API server no write on every timer tick."""
+    patch = _status_patch(after)
+    return None if before is not None and patch == _status_patch(before) else patch
+
+
 def _apply(decision: Decision, body: kopf.Body, namespace: str, name: str) -> None:
     for obj in decision.create:
         _create(obj, namespace)
@@ -269,5 +277,7 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str) ->
         raise kopf.TemporaryError(f"API error {error.status}: {error.reason}", delay=10) \
             from None
     if not decision.delete_job:
-        patch.status.update(_status_patch(decision.status))
+        changed = status_patch_if_changed(before, decision.status)
+        if changed is not None:
+            patch.status.update(changed)
         metrics.record_stages(before, decision.status)
