@@ -9,8 +9,13 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..api.results import TrialResult, parse_result
+from ..api.status import StagePhase, TrainingJobStatus
+from ..pipeline.plan import TrialSweep
+
 UNITS = {"training": "epochs", "tuning": "trials"}
 TRIAL_ROWS = 8  # the latest trials shown live; the full table is in the report
+SWEEP = "sweep"
 
 
 def format_metrics(event: dict[str, Any]) -> str:
@@ -42,6 +47,7 @@ class Display:
     def __init__(self, enabled: bool = True, console: Console | None = None) -> None:
         self.enabled = enabled
         self.console = console or Console(stderr=True)
+        self.shown: set[str] = set()
         self.progress: Progress | None = None
         self.live: Live | None = None
         self.tasks: dict[str, Any] = {}
@@ -114,6 +120,30 @@ class Display:
             self._refresh()
         elif not self.enabled and event.get("state") != "running":
             self.console.print(f"{name} {trial_line(event)}  {best_text}", highlight=False)
+
+    def sweep(self, status: TrainingJobStatus) -> None:
+        """The sweep as one line of progress (trials done, best so far), a line per trial."""
+        stage, tuning = status.stages.get("tuning"), status.tuning
+        if stage is None or tuning is None:
+            return
+        if SWEEP not in self.shown:
+            self.shown.add(SWEEP)
+            self.start_unit(SWEEP, tuning.trials.total, "tuning")
+        best = tuning.best.model_dump() if tuning.best else None
+        for name, record in stage.units.items():
+            if TrialSweep.index(name) is None or name in self.shown or \
+                    not StagePhase(record.phase).finished:
+                continue
+            self.shown.add(name)
+            result = parse_result("trial", record.result)
+            trial = result if isinstance(result, TrialResult) else TrialResult()
+            self.trial(SWEEP, {
+                "number": trial.trial, "params": trial.params, "value": trial.value,
+                "state": "replaced" if record.replaced else trial.state,
+                "counts": tuning.trials.model_dump(), "best": best})
+        if StagePhase(stage.phase).finished and f"{SWEEP}:done" not in self.shown:
+            self.shown.add(f"{SWEEP}:done")
+            self.finish_unit(SWEEP, ok=stage.phase == StagePhase.SUCCEEDED)
 
     def note(self, name: str, message: str) -> None:
         self.console.print(f"[cyan]{name}[/]: {message}")

@@ -139,6 +139,8 @@ class LocalExecutor:
         return step
 
     def _carry_out(self, step: Step) -> None:
+        if self.job.spec.tuning.backend == "optuna":
+            self.display.sweep(self.status)
         for event in step.events:
             if event.type == "Warning":
                 self.display.warn(event.message)
@@ -173,7 +175,7 @@ class LocalExecutor:
         self.units[unit.name] = UnitProcess(unit, launch.attempt, command_for(unit, args), log,
                                             result, self.lines)
         total = {"training": self.job.spec.training.epochs}.get(unit.stage)
-        if unit.kind not in ("study", "report"):
+        if unit.kind not in ("study", "report", "trial"):  # trials: one line each, at the end
             self.display.start_unit(unit.name, total, unit.stage)
 
     def _wait(self) -> None:
@@ -189,6 +191,8 @@ class LocalExecutor:
 
     def _line(self, proc: UnitProcess, event: dict[str, object] | None) -> None:
         name = proc.unit.name
+        if proc.unit.kind == "trial":
+            return  # the sweep's line shows trials (Display.sweep)
         if event is None:
             if proc.unit.kind not in ("study", "report"):
                 self.display.finish_unit(name, ok=proc.proc.returncode == 0)
