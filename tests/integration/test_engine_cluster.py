@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -67,16 +67,20 @@ def _unit_phase(namespace: str, job: str, unit: str) -> str | None:
     return None
 
 
+MAX_COST = 1.5e-4
+
+
 def test_budget_stop_removes_running_pods_and_fails_with_the_cost(namespace: str,
                                                                   operator: Any) -> None:
-    # 500m CPU + 1 GiB at the default prices is ~5.6e-6 USD a second: ~9 s of training.
+    # 500m CPU + 1 GiB at the default prices is ~5.6e-6 USD a second: ~27 s of the pod.
     apply_job(namespace, small_job("budget", training={
         "epochs": 500, "batchSize": 16, "resources": {"cpu": "500m", "memory": "1Gi"}},
-        findings={"cost": {"budget": {"maxCost": 5e-5, "action": "stop"}}}))
+        findings={"cost": {"budget": {"maxCost": MAX_COST, "action": "stop"}}}))
     running = wait_for(lambda: (s := job_status(namespace, "budget")).get("phase") == "Running"
-                       and (s.get("findings", {}).get("cost") or {}).get("total", 0) > 0 and s,
-                       240, "a running cost while the job runs")
-    assert running["findings"]["cost"]["total"] < 5e-5
+                       and (s.get("findings", {}).get("cost") or {}).get("total", 0) > 0
+                       and (s.get("training") or {}).get("epoch", 0) >= 1 and s,
+                       240, "a running cost and epochs while the job runs")
+    assert running["findings"]["cost"]["total"] < MAX_COST
     header, row = kubectl("get", "tj", "budget", "-n", namespace).stdout.splitlines()[:2]
     at = header.index("COST")
     assert float(row[at:].split()[0]) > 0  # the Cost column while the job runs
@@ -84,19 +88,29 @@ def test_budget_stop_removes_running_pods_and_fails_with_the_cost(namespace: str
     exceeded = next(c for c in status["conditions"] if c["type"] == "BudgetExceeded")
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert exceeded["status"] == "True" and failed["reason"] == "BudgetExceeded"
-    assert status["findings"]["cost"]["total"] >= 5e-5
+    assert status["findings"]["cost"]["total"] >= MAX_COST
     assert status["findings"]["cost"]["budget"]["exceeded"] is True
     assert status["training"]["epoch"] < 500
     stopped_at = _time(exceeded["lastTransitionTime"])
+    deleting: list[dict[str, Any]] = []
 
     def train_pods_gone() -> bool:
-        return not [p for p in _pods(namespace, "budget")
-                    if p["metadata"]["labels"].get("kubetrain.io/unit") == "train"]
+        pods = [p for p in _pods(namespace, "budget")
+                if p["metadata"]["labels"].get("kubetrain.io/unit") == "train"]
+        deleting.extend(p["metadata"] for p in pods if p["metadata"].get("deletionTimestamp"))
+        return not pods
 
-    wait_for(train_pods_gone, 60, "the training pod to be gone", interval=0.5)
+    wait_for(train_pods_gone, 90, "the training pod to be gone", interval=0.5)
     gone_after = (datetime.now(stopped_at.tzinfo) - stopped_at).total_seconds()
-    # two observation intervals, the stop's grace period, and the seconds the timestamps round
-    assert gone_after <= 2 * TIMER_SECONDS + BUDGET_GRACE_SECONDS + 2, gone_after
+    if deleting:  # seen while it stopped: when the operator asked, and with what grace
+        meta = deleting[0]
+        assert meta["deletionGracePeriodSeconds"] == BUDGET_GRACE_SECONDS
+        asked = _time(meta["deletionTimestamp"]) - timedelta(seconds=BUDGET_GRACE_SECONDS)
+        # asked in the reconcile that found the budget spent (timestamps are to the second)
+        assert (asked - stopped_at).total_seconds() <= TIMER_SECONDS + 1
+    # Gone once the kubelet has stopped it: two observation intervals, the grace period, and
+    # the kubelet's teardown, which took up to ~12 s on this 2-core node under a CI run.
+    assert gone_after <= 2 * TIMER_SECONDS + BUDGET_GRACE_SECONDS + 15, gone_after
 
 
 def test_a_deleted_trial_pod_is_replaced_and_the_sweep_reaches_its_count(
