@@ -63,7 +63,7 @@ class _Engine(UnitRecords):
     def run(self) -> Step:
         status = self.status
         if Phase(status.phase).terminal:
-            self._stop_leftovers()
+            self._stop_observed()  # children a stop missed (the operator restarted)
             self._ttl()
             return self.step
         if self.ctx.problems:
@@ -73,14 +73,9 @@ class _Engine(UnitRecords):
             self._start_job()
         self._record_all()
         if self.problems:  # found by a unit in the data, after the job started
-            stage = self.status.current_stage
-            self._invalid(self.problems)
-            if stage is not None:
-                st.finish_stage(self.status, stage, StagePhase.FAILED, "; ".join(self.problems),
-                                self.at)
-            self._findings()
-            self._finish()
-            return self.step
+            message = "; ".join(self.problems)
+            st.set_condition(status, "Invalid", "True", Reason.INVALID_SPEC, message, self.at)
+            return self._end_early(Reason.INVALID_SPEC, message)
         if self.ctx.interrupted:
             return self._end_early(Reason.INTERRUPTED, "stopped by Ctrl-C; `kubetrain run "
                                    "--resume` continues from the last checkpoint")
@@ -297,23 +292,23 @@ class _Engine(UnitRecords):
             else:
                 record.phase, record.completion_time = StagePhase.FAILED, self.at
                 record.message = "stopped with the job"
+        self._stop_observed(grace)
+
+    def _stop_observed(self, grace: int = 30) -> None:
+        """Stop every child seen running, recorded or not; the report unit runs on."""
+        report = self.plan.report.name if self.plan.report else None
         for name, seen in self.observed.items():
-            if seen.state in (Seen.RUNNING, Seen.LOST) and name != self._report_name():
+            if seen.state in (Seen.RUNNING, Seen.LOST) and name != report:
                 self.stop(name, grace)
 
-    def _stop_leftovers(self) -> None:
-        for name, seen in self.observed.items():
-            if seen.state in (Seen.RUNNING, Seen.LOST) and name != self._report_name():
-                self.stop(name)
-
-    def _report_name(self) -> str | None:
-        return self.plan.report.name if self.plan.report else None
-
-    def _end_early(self, reason: Reason, message: str) -> Step:
+    def _end_early(self, reason: Reason, message: str, *, stage_message: str | None = None,
+                   grace: int = 30) -> Step:
+        """End the job before its stages did: stop everything, fail the running stage."""
         stage = self.status.current_stage
-        self._stop_all()
+        self._stop_all(grace)
         if stage is not None:
-            st.finish_stage(self.status, stage, StagePhase.FAILED, message, self.at)
+            st.finish_stage(self.status, stage, StagePhase.FAILED, stage_message or message,
+                            self.at)
         self._findings()
         self.fail(reason, message)
         self._finish()
@@ -331,9 +326,7 @@ class _Engine(UnitRecords):
             else:
                 self._relaunch(unit, record)
             stopped += 1
-        for name, seen in self.observed.items():
-            if seen.state in (Seen.RUNNING, Seen.LOST):
-                self.stop(name)
+        self._stop_observed()
         if self.status.phase != Phase.SUSPENDED:
             self.status.phase = Phase.SUSPENDED
             st.set_condition(self.status, "Suspended", "True", Reason.SUSPENDED,
@@ -385,13 +378,8 @@ class _Engine(UnitRecords):
                          self.at)
         if budget.action != "stop":
             return False
-        stage = self.status.current_stage
-        self._stop_all(grace=BUDGET_GRACE_SECONDS)
-        if stage is not None:
-            st.finish_stage(self.status, stage, StagePhase.FAILED, "stopped: budget exceeded",
-                            self.at)
-        self.fail(Reason.BUDGET_EXCEEDED, message + "; further work stopped")
-        self._finish()
+        self._end_early(Reason.BUDGET_EXCEEDED, message + "; further work stopped",
+                        stage_message="stopped: budget exceeded", grace=BUDGET_GRACE_SECONDS)
         return True
 
     def _finish(self) -> None:
