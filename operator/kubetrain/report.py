@@ -142,3 +142,46 @@ def refuse(path: Path | None, problems: list[str]) -> int:
     Reporter(path).result({"status": "failed", "problems": problems,
                            "message": "; ".join(problems)[:500]})
     return SPEC_PROBLEM_EXIT
+
+
+# --- the helper for your own training program (training.command) ------------------------------
+# `from kubetrain import report` imports the standard library only (no torch, no numpy): an
+# image needs kubetrain's files, not its dependencies. Printing the same JSON lines yourself
+# works as well (docs/custom-script.md).
+
+STOP_FILE_ENV = "KUBETRAIN_STOP_FILE"
+
+
+def epoch(number: int, **metrics: float) -> None:
+    """Report one finished epoch: ``report.epoch(3, train_loss=0.4, val_loss=0.5,
+    val_accuracy=0.9)``. train_loss and val_loss feed the overfitting finding; the monitored
+    metric (KUBETRAIN_MONITOR) drives early-stopping bookkeeping, pruning and the sweep."""
+    print(encode_event("epoch", epoch=int(number), **{k: float(v) for k, v in metrics.items()}),
+          flush=True)
+
+
+def test(**metrics: float) -> None:
+    """Report the final metrics on the test split (names starting with ``test_``)."""
+    print(encode_event("test", **{k if k.startswith("test_") else f"test_{k}": float(v)
+                                  for k, v in metrics.items()}), flush=True)
+
+
+def model(path: str | os.PathLike[str], *, epoch: int | None = None) -> None:
+    """Say where the delivered model is (TorchScript ``.ts`` or torch.export ``.pt2``) and, if
+    it is not the last epoch's, which epoch's weights it holds."""
+    fields: dict[str, Any] = {"path": str(path)}
+    if epoch is not None:
+        fields["epoch"] = int(epoch)
+    print(encode_event("model", **fields), flush=True)
+
+
+def checkpoint(number: int, path: str | os.PathLike[str]) -> None:
+    """Report a saved checkpoint (shown in the unit's progress)."""
+    print(encode_event("checkpoint", epoch=int(number), path=str(path)), flush=True)
+
+
+def should_stop() -> bool:
+    """True once kubetrain asked this program to stop (pruned, overfitting with action: stop,
+    the job suspended or stopped): save a checkpoint and exit. kubetrain also sends SIGTERM."""
+    path = os.environ.get(STOP_FILE_ENV)
+    return path is not None and Path(path).exists()

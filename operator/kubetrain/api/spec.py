@@ -221,6 +221,27 @@ class ModelSpec(ApiModel):
         return self
 
 
+# Placeholders a training.command may use: ${epochs}, ${params.learningRate}, ...
+PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+PLACEHOLDER_NAMES = ("epochs", "seed", "storage", "unitDir", "checkpointDir", "modelDir",
+                     "dataDir", "params", "trial", "fold")
+PARAM_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+
+
+def placeholder_problems(arg: str) -> list[str]:
+    """What is wrong with the ${...} placeholders of one command argument (empty: nothing)."""
+    problems = []
+    for name in PLACEHOLDER.findall(arg):
+        if name.startswith("params."):
+            if not re.match(PARAM_NAME_PATTERN, name[len("params."):]):
+                problems.append(f"placeholder ${{{name}}}: not a parameter name")
+        elif name not in PLACEHOLDER_NAMES:
+            problems.append(
+                f"unknown placeholder ${{{name}}}; allowed: "
+                + ", ".join(f"${{{n}}}" for n in PLACEHOLDER_NAMES) + ", ${params.NAME}")
+    return problems
+
+
 def _check_builtin_param(key: str, value: Any) -> None:
     if key in ("hiddenUnits", "channels") and isinstance(value, list):
         if not value or not all(isinstance(v, int) and 1 <= v <= 8192 for v in value):
@@ -325,16 +346,27 @@ class TrainingSpec(ApiModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     command: list[str] | None = Field(default=None, min_length=1)
-    """Custom script mode: run this command instead of the built-in trainer; it reports through
-    the kubetrain reporting protocol (JSON lines). Not available yet: refused everywhere."""
+    """Custom script mode: run your own program as the training stage (and as each tuning
+    trial) instead of the built-in trainer. It learns where things are from KUBETRAIN_*
+    environment variables and from placeholders in its arguments (${epochs}, ${params.NAME},
+    ${checkpointDir}, ...), and reports per-epoch metrics as kubetrain JSON lines on stdout.
+    Under torchrun (one process per rank) when the job asks for more than one process."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Custom script mode: your program's own parameters and their values (KUBETRAIN_PARAMS,
+    ${params.NAME}); a sweep's values override them, and the best trial's train the model."""
+    image: str | None = None
+    """Image of the training stage and the trials (custom script mode: an image with your
+    program); default: spec.image, else the operator's worker image."""
 
     @model_validator(mode="after")
     def _monitor_matches(self) -> TrainingSpec:
+        if self.params and self.command is None:
+            raise FieldProblem("params", "applies to training.command only (your program's "
+                               "parameters); the built-in model takes model.params")
         if self.command is not None:
-            raise FieldProblem(
-                "command", "custom script mode is not available yet in this version; remove "
-                "it to use the built-in trainer (model.builtin or model.entrypoint)"
-            )
+            for i, arg in enumerate(self.command):
+                for problem in placeholder_problems(arg):
+                    raise FieldProblem(f"command[{i}]", problem)
         if self.precision == "fp16" and self.resources.gpus_per_node == 0:
             raise FieldProblem(
                 "precision", "fp16 needs GPUs (`resources.gpusPerNode` > 0); use fp32 on the CPU"
@@ -437,14 +469,11 @@ class TuningSpec(ApiModel):
                 "parallelism", f"{self.parallelism} is more than tuning.trials "
                 f"({self.trials}); set tuning.parallelism <= tuning.trials"
             )
-        allowed = f"{', '.join(TUNABLE_PARAMETERS)} or model.<param>"
         if not self.search_space:
             raise FieldProblem(
-                "searchSpace", f"needs at least one hyperparameter when tuning is on: {allowed}"
+                "searchSpace", "needs at least one hyperparameter when tuning is on: "
+                f"{', '.join(TUNABLE_PARAMETERS)}, model.<param>, or your command's own names"
             )
-        for name in self.search_space:
-            if name not in TUNABLE_PARAMETERS and not name.startswith(TUNABLE_PREFIX_MODEL):
-                raise FieldProblem(f"searchSpace.{name}", f"is not tunable; allowed: {allowed}")
         if self.sampler == "grid":
             for name, dim in self.search_space.items():
                 if dim.type != "categorical" and dim.step is None:
@@ -562,7 +591,9 @@ class TrainingJobSpec(ApiModel):
     """Worker image; default from the operator's configuration."""
     dataset: DatasetSpec
     augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
-    model: ModelSpec
+    model: ModelSpec | None = None
+    """The network the built-in trainer trains; leave it out when training.command runs your
+    own program."""
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     tuning: TuningSpec = Field(default_factory=TuningSpec)
     explanation: ExplanationSpec = Field(default_factory=ExplanationSpec)
@@ -572,6 +603,8 @@ class TrainingJobSpec(ApiModel):
 
     @model_validator(mode="after")
     def _cross_section(self) -> TrainingJobSpec:
+        self._model_or_command()
+        self._tunable_names()
         task = self.dataset.declared_task
         es = self.training.early_stopping
         checked: list[tuple[str, Metric]] = []
@@ -593,6 +626,40 @@ class TrainingJobSpec(ApiModel):
                 "runs one fold per work unit on one node; set `training.resources.nodes: 1`",
             )
         return self
+
+    @property
+    def custom(self) -> bool:
+        """Custom script mode: training.command runs the user's program."""
+        return self.training.command is not None
+
+    def _model_or_command(self) -> None:
+        if self.model is None and not self.custom:
+            raise FieldProblem(
+                "model", "required: a built-in model (model.builtin) or your own "
+                "(model.entrypoint), or set training.command to run your own program")
+        if self.model is not None and self.custom:
+            raise FieldProblem(
+                "model", "remove it: with training.command your program builds its own model "
+                "(pass it settings through tuning parameters or the command's arguments)")
+
+    def _tunable_names(self) -> None:
+        if not self.tuning.enabled:
+            return
+        if self.custom and self.tuning.backend == "ray":
+            raise FieldProblem(
+                "tuning.backend", "ray is not available with training.command (Ray stops a "
+                "trial from outside, which would orphan your program); use optuna")
+        for name in self.tuning.search_space:
+            if self.custom:
+                # Your program's own parameters; the built-in names still set training fields.
+                if not re.match(PARAM_NAME_PATTERN, name):
+                    raise FieldProblem(f"tuning.searchSpace.{name}",
+                                       "must be a name like learningRate or model.width")
+            elif name not in TUNABLE_PARAMETERS and not name.startswith(TUNABLE_PREFIX_MODEL):
+                raise FieldProblem(
+                    f"tuning.searchSpace.{name}", "is not tunable; allowed: "
+                    f"{', '.join(TUNABLE_PARAMETERS)} or model.<param> (any name with "
+                    "training.command)")
 
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

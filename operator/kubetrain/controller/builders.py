@@ -176,7 +176,7 @@ def pod_spec(job: TrainingJob, unit: WorkUnit, settings: WorkerSettings,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
             "name": "worker",
-            "image": job.spec.image or settings.worker_image,
+            "image": unit.image or job.spec.image or settings.worker_image,
             "imagePullPolicy": settings.image_pull_policy,
             "command": command,
             "env": [{"name": k, "value": v} for k, v in environment.items()],

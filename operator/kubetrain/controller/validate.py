@@ -31,7 +31,7 @@ def semantic_problems(job: TrainingJob, settings: WorkerSettings) -> list[str]:
     if len(job.metadata.name) + LONGEST_SUFFIX > 63:
         problems.append(f"metadata.name: at most {63 - LONGEST_SUFFIX} characters, so that "
                         "the names of its pods and Services fit in 63")
-    if spec.model.entrypoint and not spec.image:
+    if spec.model is not None and spec.model.entrypoint and not spec.image:
         problems.append("spec.image: a model.entrypoint needs a worker image that contains "
                         "your module")
     return problems

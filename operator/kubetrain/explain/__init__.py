@@ -16,6 +16,7 @@ from .model import (
     default_device,
     load_trained_model,
     select_data,
+    trained_model_path,
 )
 from .outputs import ANALYSIS_FILE, LOCAL_FILE, Written, write_outputs
 
@@ -40,5 +41,6 @@ __all__ = [
     "resolve_method",
     "select_data",
     "summarize",
+    "trained_model_path",
     "write_outputs",
 ]

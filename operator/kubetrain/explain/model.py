@@ -8,6 +8,7 @@ standardizer, so the explained inputs are the inputs the network saw.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,64 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+EXPORTED_SUFFIXES = (".ts", ".pt2")
+"""A custom program's model (training.command): TorchScript (.ts) or torch.export (.pt2)."""
+
+
+def trained_model_path(storage: Path) -> Path:
+    """The final training's model: the built-in trainer's model.pt, else a custom program's
+    model.ts or model.pt2 (the first that exists; model.pt when none does)."""
+    unit_dir = storage / "train"
+    for name in ("model.pt", *(f"model{s}" for s in EXPORTED_SUFFIXES)):
+        if (unit_dir / name).exists():
+            return unit_dir / name
+    return unit_dir / "model.pt"
+
+
+def load_exported_model(path: Path, device: torch.device) -> TrainedModel:
+    """A custom program's model: it takes the rows of ``data/*.npz`` as they are (its own
+    scaling inside), with the shape and names the runner wrote to ``data/meta.json``."""
+    meta_path = path.parent / "data" / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ExplainError(f"no data description at {meta_path} ({error}): the model was not "
+                           "saved by a training.command unit") from error
+    try:
+        if path.suffix == ".ts":
+            model: nn.Module = torch.jit.load(str(path), map_location=device)
+        else:
+            model = torch.export.load(str(path)).module().to(device)
+    except Exception as error:
+        raise ExplainError(f"cannot load {path} ({type(error).__name__}: {error}); save "
+                           "TorchScript with torch.jit.save(torch.jit.script(model)) or "
+                           "torch.export.save(torch.export.export(model, (x,)))") from error
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    input_shape = tuple(int(d) for d in meta["input_shape"])
+    n_features = int(np.prod(input_shape))
+    names = [str(n) for n in meta.get("feature_names") or []]
+    return TrainedModel(
+        model=model, input_shape=input_shape, num_outputs=int(meta["num_outputs"]),
+        task=str(meta["task"]), kind=str(meta["kind"]),
+        standardizer=_identity(input_shape),
+        feature_names=names if len(names) == n_features else [f"x{i}" for i in
+                                                               range(n_features)],
+        class_names=[str(c) for c in meta.get("class_names") or []], device=device)
+
+
+def _identity(input_shape: tuple[int, ...]) -> Standardizer:
+    """No scaling: a custom model scales its own inputs."""
+    width = input_shape[0]
+    return Standardizer(mean=np.zeros(width, dtype=np.float32),
+                        std=np.ones(width, dtype=np.float32))
+
+
 def load_trained_model(path: Path, device: torch.device | None = None) -> TrainedModel:
     """Rebuild the trained network from ``model.pt``; a clear error when it is missing."""
+    if path.suffix in EXPORTED_SUFFIXES and path.exists():
+        return load_exported_model(path, device or default_device())
     if not path.exists():
         raise ExplainError(
             f"no trained model at {path}: run the training stage first "

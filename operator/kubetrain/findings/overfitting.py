@@ -265,6 +265,8 @@ def _non_finite_rule(epochs: Sequence[_Epoch]) -> str | None:
 def _model_size_recommendation(spec: TrainingJobSpec) -> str:
     """Name the width parameters of the chosen model and their current values."""
     model = spec.model
+    if model is None:
+        return "reduce model size (your training.command's model: fewer/narrower layers)"
     if model.builtin is None:
         return "reduce model size (model.params passed to your entrypoint: fewer/narrower layers)"
     keys = BUILTIN_MODEL_PARAMS[model.builtin]

@@ -43,7 +43,9 @@ def preflight(job: TrainingJob, base_dir: Path) -> None:
     spec = job.spec
     try:
         dataset = load_dataset(spec.dataset, base_dir=base_dir)
-        build_model(spec.model, dataset.input_shape, dataset.num_outputs, spec.training.dropout)
+        if spec.model is not None:  # else training.command builds its own
+            build_model(spec.model, dataset.input_shape, dataset.num_outputs,
+                        spec.training.dropout)
         if spec.augmentation.enabled:
             check_augmentation(spec, dataset)
     except (DatasetError, ModelError, AugmentationError) as error:
@@ -160,6 +162,8 @@ class LocalExecutor:
         log, result = self._folder(unit)
         args = ["--job", str(self.job_file), "--storage", str(self.storage),
                 "--base-dir", str(self.base_dir), "--result", str(result), *launch.args]
+        if self.job.spec.custom and unit.kind in ("train", "fold", "trial"):
+            args += ["--workdir", str(self.base_dir)]  # training.command's paths: the manifest's
         if unit.kind == "study":
             args += ["--host", "127.0.0.1", "--port", str(self.study_port)]
         if unit.study_client:

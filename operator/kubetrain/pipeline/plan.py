@@ -42,6 +42,9 @@ class WorkUnit:
     """A helper that serves its group while it runs (the study server); it never finishes."""
     study_client: bool = False
     """Reaches the sweep's study server: the executor adds ``--study-server ADDRESS``."""
+    image: str | None = None
+    """The unit's own image (training.image: the training stage and the trials); None: the
+    job's image (spec.image), else the operator's worker image."""
 
     @property
     def world_size(self) -> int:
@@ -142,15 +145,20 @@ def _enabled(spec: TrainingJobSpec, stage: str) -> bool:
     return True
 
 
+def training_module(spec: TrainingJobSpec) -> str:
+    """The built-in trainer, or the runner of the user's program (training.command)."""
+    return "kubetrain.workloads.script" if spec.custom else "kubetrain.workloads.train"
+
+
 def _training(spec: TrainingJobSpec) -> Stage:
     res = spec.training.resources
     cpu, memory = parse_cpu(res.cpu), parse_memory_gib(res.memory)
 
     def unit(name: str, kind: UnitKind, *args: str) -> WorkUnit:
-        return WorkUnit(name=name, stage="training", kind=kind, module="kubetrain.workloads.train",
+        return WorkUnit(name=name, stage="training", kind=kind, module=training_module(spec),
                         args=("--unit", name, *args), nodes=res.nodes,
                         nproc_per_node=res.workers_per_node, gpus_per_node=res.gpus_per_node,
-                        cpu=cpu, memory_gib=memory)
+                        cpu=cpu, memory_gib=memory, image=spec.training.image)
 
     folds = spec.training.cross_validation.folds if spec.training.cross_validation else 0
     # Folds one after another: each asks for the training stage's whole resources.
@@ -200,7 +208,7 @@ def _tuning(spec: TrainingJobSpec, job_name: str) -> Stage:
     template = replace(
         _one_process(spec, "trial", "tuning", "trial", "kubetrain.workloads.trial",
                      "--study", job_name),
-        study_client=True)
+        study_client=True, image=spec.training.image)
     sweep = TrialSweep(target=target, parallelism=min(spec.tuning.parallelism, target),
                        template=template, seed=spec.dataset.seed)
     summary = _small(SUMMARY_UNIT, "tuning", "tune-summary", "kubetrain.workloads.tune",

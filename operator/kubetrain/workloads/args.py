@@ -20,3 +20,6 @@ def add_common_arguments(parser: argparse.ArgumentParser,
                         help="folder that relative dataset URIs are resolved against")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="where pvc://claim/path dataset URIs are mounted")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="folder training.command runs in (default: the current one; the "
+                             "local executor passes the manifest's folder)")

@@ -28,6 +28,7 @@ from ..explain import (
     resolve_method,
     select_data,
     summarize,
+    trained_model_path,
     write_outputs,
 )
 from ..report import MAX_RESULT_BYTES, Reporter, default_result_path
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     unit_dir = args.storage / args.unit
     result_path = args.result or default_result_path() or unit_dir / "result.json"
     reporter = Reporter(result_path)
-    model_path = args.model or args.storage / "train" / "model.pt"
+    model_path = args.model or trained_model_path(args.storage)
     device = default_device() if args.device == "auto" else torch.device(args.device)
     trained = load_trained_model(model_path, device)
     settings = spec.explanation

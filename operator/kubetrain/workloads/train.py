@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,15 @@ from ..api.quantity import parse_cpu
 from ..api.spec import TrainingJobSpec
 from ..augment import AugmentationError, AugmentationSpecError, check_augmentation
 from ..augment.store import augmented_training_rows
-from ..data import DatasetError, Standardizer, kfold_splits, load_dataset, split_dataset
+from ..data import (
+    Dataset,
+    DatasetError,
+    Splits,
+    Standardizer,
+    kfold_splits,
+    load_dataset,
+    split_dataset,
+)
 from ..findings.overfitting import analyze_overfitting
 from ..models import ModelError, build_model
 from ..pipeline.params import apply_params
@@ -88,9 +97,19 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
     return result
 
 
-def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, unit_dir: Path,
-           reporter: Reporter, on_epoch: EpochCallback | None) -> dict[str, Any]:
-    started = time.time()
+@dataclass
+class TrainingData:
+    """What a training unit trains on: the dataset, its splits (a fold's, with --fold) and the
+    training rows with the augmented ones appended."""
+
+    dataset: Dataset
+    splits: Splits
+    train_rows: tuple[np.ndarray, np.ndarray]
+    augmented: int
+
+
+def training_data(spec: TrainingJobSpec, args: argparse.Namespace) -> TrainingData:
+    """The rows of one training unit, the same for the built-in trainer and a custom program."""
     dataset = load_dataset(spec.dataset, base_dir=args.base_dir, data_root=args.data_root)
     if args.fold is not None:
         folds = spec.training.cross_validation.folds if spec.training.cross_validation else 0
@@ -99,12 +118,6 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
         splits = kfold_splits(dataset, spec.dataset, folds)[args.fold]
     else:
         splits = split_dataset(dataset, spec.dataset)
-    # The scaler and the target scale are fit on the original training rows, not augmented ones.
-    scaler = Standardizer().fit(splits.train[0])
-    target_mean, target_std = 0.0, 1.0
-    if dataset.task == "regression":
-        target_mean = float(splits.train[1].mean())
-        target_std = float(splits.train[1].std()) or 1.0
     train_rows, augmented = splits.train, 0
     if spec.augmentation.enabled:
         try:
@@ -119,6 +132,21 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
         augmented = len(y_aug)
         train_rows = (np.concatenate([splits.train[0], X_aug]),
                       np.concatenate([splits.train[1], y_aug]))
+    return TrainingData(dataset, splits, train_rows, augmented)
+
+
+def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, unit_dir: Path,
+           reporter: Reporter, on_epoch: EpochCallback | None) -> dict[str, Any]:
+    started = time.time()
+    data = training_data(spec, args)
+    dataset, splits, train_rows, augmented = (data.dataset, data.splits, data.train_rows,
+                                              data.augmented)
+    # The scaler and the target scale are fit on the original training rows, not augmented ones.
+    scaler = Standardizer().fit(splits.train[0])
+    target_mean, target_std = 0.0, 1.0
+    if dataset.task == "regression":
+        target_mean = float(splits.train[1].mean())
+        target_std = float(splits.train[1].std()) or 1.0
 
     def prepare(part: tuple[np.ndarray, np.ndarray]) -> TensorSplit:
         X, y = part
@@ -127,6 +155,7 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
                            ctx.device.type == "cuda")
 
     train, val, test = prepare(train_rows), prepare(splits.val), prepare(splits.test)
+    assert spec.model is not None, "the built-in trainer needs spec.model"
     model = build_model(spec.model, dataset.input_shape, dataset.num_outputs,
                         spec.training.dropout)
     reporter.event(

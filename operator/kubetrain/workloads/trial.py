@@ -34,7 +34,7 @@ from ..data import DatasetError
 from ..report import EXECUTOR_PID_ENV, SPEC_PROBLEM_EXIT, Reporter, default_result_path
 from ..tuning.space import decode_params, distributions
 from ..tuning.study import TUNING_DIR, load_study, open_storage, state_name, trial_epochs
-from . import train
+from . import script, train
 from .args import add_common_arguments
 
 RESULT_FILE = "trial.json"
@@ -64,7 +64,8 @@ def trial_unit(number: int) -> str:
 
 
 def training_args(job: Path, storage: Path, number: int, params: dict[str, Any], epochs: int,
-                  base_dir: Path, data_root: Path | None) -> argparse.Namespace:
+                  base_dir: Path, data_root: Path | None,
+                  workdir: Path | None = None) -> argparse.Namespace:
     """The training work unit's arguments for one trial (it runs in-process)."""
     unit = trial_unit(number)
     return argparse.Namespace(
@@ -72,6 +73,7 @@ def training_args(job: Path, storage: Path, number: int, params: dict[str, Any],
         # A tuned `epochs` is in params already; --epochs would override it.
         epochs=None if "epochs" in params else epochs,
         result=storage / unit / "result.json", base_dir=base_dir, data_root=data_root,
+        workdir=workdir,
     )
 
 
@@ -146,11 +148,16 @@ def run_trial(spec: TrainingJobSpec, args: argparse.Namespace, study: optuna.Stu
     state, value, error, epochs_run = TrialState.FAIL, None, None, 0
     code, problems = 1, []
     try:
-        summary = train.run(training_args(args.job, args.storage, number, params, planned,
-                                          args.base_dir, args.data_root), on_epoch)
+        # The built-in trainer in-process, or the user's program (training.command) as a child.
+        trainer = script.run if spec.custom else train.run
+        summary = trainer(training_args(args.job, args.storage, number, params, planned,
+                                        args.base_dir, args.data_root, args.workdir),
+                          on_epoch)
         epochs_run = int(summary.get("epochs_run") or 0)
         if summary.get("status") == "terminated":
             error, code = "terminated", 143
+        elif summary.get("status") == "failed":
+            error = str(summary.get("message") or "the training command failed")
         elif summary.get("stop_reason") == "pruned":
             state, code = TrialState.PRUNED, 0
         else:
