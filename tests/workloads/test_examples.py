@@ -22,6 +22,8 @@ def _run_example(name: str, tmp_path: Path) -> dict[str, Any]:
 
 def test_every_example_is_tested() -> None:
     tested = {"digits.yaml", "breast-cancer.yaml", "overfit.yaml", "scarce-digits.yaml",
+              # tests/workloads/test_custom_script.py
+              "custom-script/job.yaml",
               # the claim every cluster test's namespace gets (tests/integration/k8s.py)
               "storage/kubetrain-data.yaml"}
     assert {str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*.yaml")} == tested

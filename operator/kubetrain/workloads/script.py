@@ -391,6 +391,7 @@ def _summary(spec: TrainingJobSpec, args: argparse.Namespace, state: Run, code: 
         "checkpoint": str(unit_dir / "checkpoints"),
         "exit_code": code,
         "monitor": metric,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
     }
     stopped_by_us = state.stop_reason is not None or terminated
     if terminated:

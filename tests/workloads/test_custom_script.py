@@ -1,0 +1,282 @@
+"""Custom script mode (training.command): the user's program run as a unit, as a pod runs it.
+
+The programs here are small stand-ins written by the tests: they print kubetrain's JSON lines
+from a scripted list of losses, so each test decides what the program reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from kubetrain.api import load_training_job
+from kubetrain.api.resource import ManifestError
+from kubetrain.report import SPEC_PROBLEM_EXIT, parse_event
+from kubetrain.workloads.trainer import OVERFITTING_STOP
+from support import EXAMPLES, kubetrain
+
+PROGRAM = '''
+import json, os, pathlib, sys, time
+losses = json.loads(sys.argv[1])
+mode = sys.argv[2]
+print("argv " + json.dumps(sys.argv[3:]))
+print("env " + json.dumps({k: v for k, v in os.environ.items() if k.startswith("KUBETRAIN_")}))
+ckdir = pathlib.Path(os.environ["KUBETRAIN_CHECKPOINT_DIR"])
+ckdir.mkdir(parents=True, exist_ok=True)
+mark = ckdir / "last-epoch"
+start = int(mark.read_text()) + 1 if mark.exists() else 1
+for epoch in range(start, len(losses) + 1):
+    train, val = losses[epoch - 1]
+    print(json.dumps({"kubetrain": 1, "event": "epoch", "epoch": epoch, "train_loss": train,
+                      "val_loss": val}), flush=True)
+    mark.write_text(str(epoch))
+    if mode == "fail" and epoch == 2:
+        print("Traceback (most recent call last):")
+        print("RuntimeError: boom at epoch 2", flush=True)
+        sys.exit(3)
+    if mode == "slow":
+        time.sleep(0.4)
+print(json.dumps({"kubetrain": 1, "event": "test", "test_accuracy": 0.5}), flush=True)
+'''
+FALLING = [[1.0 / e, 1.05 / e] for e in range(1, 7)]
+# Training loss falls, validation loss rises from epoch 3: overfitting.
+OVERFIT = [[1.0 / e, 0.6 if e < 3 else 0.6 + 0.2 * (e - 2)] for e in range(1, 21)]
+
+
+def _job(tmp_path: Path, losses: list[list[float]], mode: str = "", *extra: str,
+         **spec: Any) -> Path:
+    (tmp_path / "prog.py").write_text(PROGRAM)
+    training = {"command": ["python", "prog.py", json.dumps(losses), mode, *extra],
+                "epochs": len(losses), **spec.pop("training", {})}
+    manifest = {"apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
+                "metadata": {"name": "custom"},
+                "spec": {"dataset": {"builtin": "iris", "seed": 0}, "training": training,
+                         **spec}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return path
+
+
+def _start(job: Path, storage: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kubetrain.workloads.script", "--job", str(job), "--storage",
+         str(storage), "--workdir", str(job.parent), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen[str]) -> tuple[int, list[str], list[dict[str, Any]]]:
+    out, _ = proc.communicate(timeout=120)
+    lines = out.splitlines()
+    return proc.returncode, lines, [e for e in map(parse_event, lines) if e is not None]
+
+
+def _result(storage: Path) -> dict[str, Any]:
+    return json.loads((storage / "train" / "result.json").read_text())
+
+
+def test_program_gets_its_data_parameters_and_places_and_gets_findings(tmp_path: Path) -> None:
+    job = _job(tmp_path, FALLING, "", "--epochs", "${epochs}", "--hidden", "${params.hidden}",
+               "--lr=${params.learningRate}", "${checkpointDir}",
+               training={"params": {"hidden": 7}, "learningRate": 0.01})
+    storage = tmp_path / "storage"
+    code, lines, events = _finish(_start(job, storage))
+    assert code == 0
+    unit = storage / "train"
+    argv = json.loads(next(line for line in lines if line.startswith("argv "))[5:])
+    assert argv == ["--epochs", "6", "--hidden", "7", "--lr=0.01", str(unit / "checkpoints")]
+    env = json.loads(next(line for line in lines if line.startswith("env "))[4:])
+    assert json.loads(env["KUBETRAIN_PARAMS"])["hidden"] == 7
+    assert env["KUBETRAIN_DATA_DIR"] == str(unit / "data")
+    assert env["KUBETRAIN_EPOCHS"] == "6" and env["KUBETRAIN_MONITOR"] == "val_loss"
+    # The job's splits as numpy files, the same rows the built-in trainer would use.
+    train, test = np.load(unit / "data" / "train.npz"), np.load(unit / "data" / "test.npz")
+    meta = json.loads((unit / "data" / "meta.json").read_text())
+    assert train["X"].shape[1] == 4 and meta["task"] == "classification"
+    assert len(train["y"]) + len(test["y"]) + meta["rows"]["val"] == 150
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2, 3, 4, 5, 6]
+    result = _result(storage)
+    assert result["status"] == "succeeded" and result["epochs_run"] == 6
+    assert result["best_epoch"] == 6 and result["test_metrics"] == {"test_accuracy": 0.5}
+    assert result["overfitting"]["verdict"] == "none"
+    history = json.loads((unit / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_failing_program_fails_the_unit_with_its_exit_code_and_last_lines(
+        tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    code, _, _ = _finish(_start(_job(tmp_path, FALLING, "fail"), storage))
+    assert code == 3
+    result = _result(storage)
+    assert result["status"] == "failed"
+    assert "exited with code 3" in result["message"]
+    assert "RuntimeError: boom at epoch 2" in result["message"]
+    # What it reported before it died is kept in the job's storage.
+    assert len(json.loads((storage / "train" / "history.json").read_text())) == 2
+
+
+def test_overfitting_with_action_stop_stops_the_program_and_keeps_its_checkpoint(
+        tmp_path: Path) -> None:
+    job = _job(tmp_path, OVERFIT, "slow",
+               findings={"overfitting": {"action": "stop", "patience": 3, "warmupEpochs": 1}})
+    storage = tmp_path / "storage"
+    code, _, events = _finish(_start(job, storage))
+    assert code == 0
+    result = _result(storage)
+    assert result["stop_reason"] == OVERFITTING_STOP and result["status"] == "succeeded"
+    stopped = next(e for e in events if e["event"] == "stopped")
+    # Told to stop (SIGTERM) as soon as the verdict came: no epoch after the decision.
+    assert result["epochs_run"] == stopped["epoch"] < len(OVERFIT)
+    assert result["overfitting"]["verdict"] == "overfitting"
+    assert (storage / "train" / "checkpoints" / "last-epoch").read_text() == str(
+        stopped["epoch"])
+    assert (storage / "train" / "STOP").exists()
+
+
+def test_a_killed_program_resumes_from_its_checkpoint_and_the_history_continues(
+        tmp_path: Path) -> None:
+    job = _job(tmp_path, FALLING, "slow")
+    storage = tmp_path / "storage"
+    proc = _start(job, storage)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = parse_event(line)
+        if event and event["event"] == "epoch" and event["epoch"] >= 3:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and the program, as a lost node
+    proc.wait()
+    time.sleep(0.5)
+    code, _, events = _finish(_start(job, storage))
+    assert code == 0
+    resumed = next(e for e in events if e["event"] == "resumed")
+    result = _result(storage)
+    assert result["resumed_from_epoch"] == resumed["epoch"] >= 3
+    history = json.loads((storage / "train" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_sigterm_ends_the_program_and_the_unit_as_terminated(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    proc = _start(_job(tmp_path, FALLING, "slow"), storage)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if (parse_event(line) or {}).get("event") == "epoch":
+            break
+    proc.send_signal(signal.SIGTERM)
+    code, _, _ = _finish(proc)
+    assert code == 143
+    assert _result(storage)["status"] == "terminated"
+
+
+def test_a_placeholder_without_a_parameter_is_a_spec_problem(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    code, _, _ = _finish(_start(_job(tmp_path, FALLING, "", "${params.width}"), storage))
+    assert code == SPEC_PROBLEM_EXIT
+    problems = _result(storage)["problems"]
+    assert problems[0].startswith("spec.training.command[4]: ${params.width} is not one of")
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"model": {"builtin": "mlp"}}, "spec.model: remove it: with training.command"),
+    ({"training": {"command": ["python", "x.py", "${epoch}"]}},
+     "spec.training.command[2]: unknown placeholder ${epoch}"),
+    ({"training": {"command": ["python", "x.py"]},
+      "tuning": {"enabled": True, "backend": "ray",
+                 "searchSpace": {"width": {"type": "int", "low": 1, "high": 4}}}},
+     "spec.tuning.backend: ray is not available with training.command"),
+    ({"training": {"command": ["python", "x.py"]},
+      "tuning": {"enabled": True, "searchSpace": {"bad-name": {"type": "int", "low": 1,
+                                                               "high": 4}}}},
+     "spec.tuning.searchSpace.bad-name: must be a name"),
+])
+def test_bad_custom_specs_name_the_field(tmp_path: Path, change: dict[str, Any],
+                                         expected: str) -> None:
+    spec: dict[str, Any] = {"dataset": {"builtin": "iris"},
+                            "training": {"command": ["python", "x.py"]}}
+    spec.update(change)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
+                                    "metadata": {"name": "bad"}, "spec": spec}))
+    with pytest.raises(ManifestError) as error:
+        load_training_job(path)
+    assert any(p.startswith(expected) for p in error.value.problems), error.value.problems
+
+
+def test_params_without_a_command_and_a_job_without_a_model_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    for spec, expected in (
+            ({"dataset": {"builtin": "iris"}, "model": {"builtin": "mlp"},
+              "training": {"params": {"x": 1}}}, "spec.training.params: applies to"),
+            ({"dataset": {"builtin": "iris"}}, "spec.model: required")):
+        path.write_text(yaml.safe_dump({"apiVersion": "kubetrain.io/v1alpha1",
+                                        "kind": "TrainingJob", "metadata": {"name": "bad"},
+                                        "spec": spec}))
+        with pytest.raises(ManifestError) as error:
+            load_training_job(path)
+        assert any(p.startswith(expected) for p in error.value.problems), error.value.problems
+
+
+@pytest.mark.slow
+def test_a_sweep_over_a_program_prunes_within_one_epoch_of_the_decision(tmp_path: Path) -> None:
+    # The program's losses depend on its parameter: quality 0 is bad, 1 is good.
+    (tmp_path / "prog.py").write_text(PROGRAM.replace(
+        "losses = json.loads(sys.argv[1])",
+        "q = float(sys.argv[3]); losses = [[1.0 / e, (2 - q) / e] for e in range(1, 9)]"))
+    manifest = {"apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
+                "metadata": {"name": "sweep"},
+                "spec": {"dataset": {"builtin": "iris"},
+                         "training": {"command": ["python", "prog.py", "-", "slow",
+                                                  "${params.quality}"], "epochs": 8},
+                         "tuning": {"enabled": True, "sampler": "grid", "pruner": "median",
+                                    "trials": 6, "parallelism": 1, "searchSpace": {
+                                        "quality": {"type": "categorical",
+                                                    "choices": [1.0, 0.9, 0.0, 0.1, 0.2, 0.3]}}}}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    out = tmp_path / "status.yaml"
+    proc = kubetrain("run", str(path), "--storage", str(tmp_path / "run"), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = yaml.safe_load(out.read_text())["status"]
+    assert status["phase"] == "Succeeded"
+    trials = status["tuning"]["trials"]
+    assert trials["pruned"] >= 1 and trials["complete"] + trials["pruned"] == 6
+    assert status["tuning"]["best"]["params"]["quality"] >= 0.9
+    table = json.loads((tmp_path / "run" / "tuning" / "trials.json").read_text())
+    for trial in table:
+        if trial["state"] == "pruned":
+            # The program was stopped in the epoch the pruner decided: nothing ran after it.
+            history = json.loads((tmp_path / "run" / "tuning" / f"trial-{trial['number']}"
+                                  / "history.json").read_text())
+            assert len(history) == trial["epochs"] < 8
+
+
+@pytest.mark.slow
+def test_custom_script_example_sweeps_trains_explains_and_finds(tmp_path: Path) -> None:
+    out = tmp_path / "status.yaml"
+    proc = kubetrain("run", str(EXAMPLES / "custom-script" / "job.yaml"), "--storage",
+                     str(tmp_path / "run"), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = yaml.safe_load(out.read_text())["status"]
+    assert status["phase"] == "Succeeded"
+    trials = status["tuning"]["trials"]
+    assert trials["total"] == 6 and trials["complete"] + trials["pruned"] == 6
+    assert set(status["tuning"]["best"]["params"]) == {"learningRate", "hidden"}
+    assert status["training"]["testMetrics"]["test_accuracy"] >= 0.9
+    assert status["findings"]["overfitting"]["verdict"] in ("none", "suspected", "overfitting")
+    explanation = status["findings"]["explanation"]
+    assert explanation["topFeatures"][0]["feature"].startswith("c0_h")
+    assert explanation["completenessError"] < 0.05
+    cost = status["findings"]["cost"]
+    assert cost["total"] > 0 and set(cost["byStage"]) >= {"tuning", "training", "explanation"}
+    train = status["stages"]["training"]["units"]["train"]["result"]
+    assert train["world_size"] == 2  # under torchrun: nprocPerNode 2
+    assert Path(train["model"]).name == "model.ts"
