@@ -3,11 +3,13 @@
 # cluster's containerd (namespace k8s.io), so pods can use them with imagePullPolicy: IfNotPresent
 # (the tags are never `latest`) or Never.
 #
-#   hack/build-images.sh [--force] [--variant cpu|cuda] [worker] [operator]
+#   hack/build-images.sh [--force] [--variant cpu|cuda] [worker] [operator] [custom-example]
 #
 # Images (version from pyproject.toml):
 #   kubetrain-worker:<version>      (--variant cuda: kubetrain-worker:<version>-cuda)
 #   kubetrain-operator:<version>
+#   kubetrain-custom-example:<version>   examples/custom-script on top of the worker image (not
+#                                        built unless named)
 # An image is rebuilt when its sources changed since it was built (a hash of pyproject.toml,
 # its Dockerfile and the package files it runs, kept in $STAMPS), else skipped; --force always
 # rebuilds. The worker's hash leaves out kubetrain/controller/ and cli.py (only the operator runs
@@ -47,7 +49,7 @@ while [ $# -gt 0 ]; do
     --force) FORCE=1 ;;
     --variant) VARIANT=${2:?--variant needs cpu or cuda}; shift ;;
     --variant=*) VARIANT=${1#*=} ;;
-    worker|operator) TARGETS+=("$1") ;;
+    worker|operator|custom-example) TARGETS+=("$1") ;;
     -h|--help) usage 0 ;;
     *) log "unknown argument: $1"; usage 2 ;;
   esac
@@ -156,8 +158,14 @@ make_context() {  # make_context DIR WITH_WHEEL(0|1)
 }
 
 # ------------------------------------------------------------------ build + load
-source_hash() {  # source_hash worker|operator -> sha256 of what goes into that image
+source_hash() {  # source_hash worker|operator|custom-example -> sha256 of what goes into it
   local what=$1 skip=()
+  if [ "$what" = custom-example ]; then  # its folder, on top of the worker it is built from
+    { cat "$STAMPS/kubetrain-worker_$VERSION" 2>/dev/null
+      (cd "$REPO/examples/custom-script" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+    } | sha256sum | cut -c1-16
+    return
+  fi
   # the worker's pods run `python -m kubetrain.workloads.*`, never the operator or its CLI
   [ "$what" = worker ] && skip=(! -path 'operator/kubetrain/controller/*' ! -path 'operator/kubetrain/cli.py')
   (
@@ -187,11 +195,17 @@ build_one() {  # build_one worker|operator
   ensure_base
   ctx=$(mktemp -d /tmp/kubetrain-build.XXXXXX)
   CONTEXTS+=("$ctx")
+  if [ "$what" = custom-example ]; then
+    have_local_image "kubetrain-worker:$VERSION" || die "build the worker first: hack/build-images.sh worker"
+    cp -r "$REPO/examples/custom-script/." "$ctx/"
+    args=(-f "$ctx/Dockerfile" --build-arg "WORKER_IMAGE=kubetrain-worker:$VERSION")
+  else
   make_context "$ctx" "$([ "$what" = worker ] && [ "$VARIANT" = cpu ] && echo 1 || echo 0)"
   args=(-f "$REPO/images/$what/Dockerfile"
         --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "VERSION=$VERSION"
         --build-arg "REVISION=$REVISION" --build-arg "SOURCE_URL=$SOURCE_URL")
   [ "$what" = worker ] && args+=(--build-arg "VARIANT=$VARIANT")
+  fi
   if [ -f "$CA_BUNDLE" ]; then
     args+=(--volume "$CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro"
            --build-arg "PIP_CERT=/etc/ssl/certs/ca-certificates.crt")

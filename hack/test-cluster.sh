@@ -53,8 +53,8 @@ kubectl --request-timeout=10s get --raw /readyz >>"$CLUSTER_LOG" 2>&1 \
   || give_up "the local Kubernetes cluster does not answer (kubectl get --raw /readyz)" "$CLUSTER_LOG"
 
 t0=$SECONDS
-bash hack/build-images.sh worker operator >"$IMAGES_LOG" 2>&1 \
-  || give_up "hack/build-images.sh worker operator failed: the images may be missing or stale" \
+bash hack/build-images.sh worker operator custom-example >"$IMAGES_LOG" 2>&1 \
+  || give_up "hack/build-images.sh worker operator custom-example failed: the images may be missing or stale" \
              "$IMAGES_LOG"
 grep -E "skipped|rebuilding|built and loaded" "$IMAGES_LOG" | sed 's/^\[[0-9:]*\] //' >&2
 echo "images ready in $((SECONDS - t0))s" >&2

@@ -138,7 +138,7 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("wrong kind", changed(kind="TrainJob"),
      "kind", "'TrainingJob'"),
     ("missing spec.model", changed(spec__model=DELETE),
-     "spec.model", "builtin or entrypoint"),
+     "spec.model", "or set training.command"),
     ("missing spec", changed(spec=DELETE),
      "spec", "training pipeline"),
     ("bad queueName", changed(spec__runPolicy={"queueName": "Team Queue"}),

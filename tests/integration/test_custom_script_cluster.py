@@ -1,0 +1,95 @@
+"""Custom script mode on a real cluster: the example applied with kubectl in its own image, a
+deleted pod that the program resumes from, and a program that fails."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from k8s import (
+    REPO,
+    WORKER_IMAGE,
+    apply_job,
+    check_image,
+    get_json,
+    job_status,
+    kubectl,
+    wait_for,
+    wait_phase,
+)
+
+pytestmark = pytest.mark.cluster
+EXAMPLE = REPO / "examples" / "custom-script" / "job.yaml"
+EXAMPLE_IMAGE = WORKER_IMAGE.replace("kubetrain-worker", "kubetrain-custom-example")
+
+
+@pytest.fixture
+def example_image(cluster: dict[str, str]) -> str:
+    check_image(EXAMPLE_IMAGE, ["python", "-c", "import pathlib; "
+                                "assert pathlib.Path('/app/train.py').exists()"],
+                "hack/build-images.sh custom-example")
+    return EXAMPLE_IMAGE
+
+
+def _example(**changes: Any) -> dict[str, Any]:
+    manifest: dict[str, Any] = yaml.safe_load(Path(EXAMPLE).read_text())
+    for section, values in changes.items():
+        manifest["spec"][section] = {**manifest["spec"].get(section, {}), **values}
+    return manifest
+
+
+def test_custom_script_example_applied_with_kubectl(namespace: str, operator: Any,
+                                                    example_image: str) -> None:
+    kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
+    status = wait_phase(namespace, "custom-script", ("Succeeded", "Failed"), timeout=600)
+    assert status["phase"] == "Succeeded", json.dumps(status)[:3000]
+    trials = status["tuning"]["trials"]
+    assert trials["total"] == 6 and trials["complete"] + trials["pruned"] == 6
+    assert status["training"]["testMetrics"]["test_accuracy"] >= 0.9
+    assert "verdict" in status["findings"]["overfitting"]
+    assert status["findings"]["explanation"]["completenessError"] < 0.05
+    assert status["findings"]["cost"]["total"] > 0
+    train = status["stages"]["training"]["units"]["train"]["result"]
+    assert train["world_size"] == 2 and train["model"].endswith("/train/model.ts")
+    # The training and trial pods ran the user's image; the explanation the worker image.
+    images = {p["metadata"]["labels"]["kubetrain.io/unit"]: p["spec"]["containers"][0]["image"]
+              for p in get_json("pods", "-n", namespace)["items"]}
+    assert images["train"] == images["trial-0"] == example_image
+    assert images["explain"] == WORKER_IMAGE
+
+
+def test_deleted_training_pod_restarts_and_the_program_resumes(namespace: str, operator: Any,
+                                                               example_image: str) -> None:
+    manifest = _example(tuning={"enabled": False}, explanation={"enabled": False})
+    manifest["spec"]["training"].update(epochs=40, batchSize=16)
+    manifest["spec"]["training"]["command"] += ["--patience", "100"]
+    manifest["metadata"]["name"] = "resume"
+    apply_job(namespace, manifest)
+    wait_for(lambda: (job_status(namespace, "resume").get("training") or {}).get("epoch", 0)
+             >= 3, 300, "epoch 3 of the custom program")
+    kubectl("delete", "pod", "resume-train-0", "-n", namespace, "--wait=false")
+    status = wait_phase(namespace, "resume", ("Succeeded", "Failed"), timeout=600)
+    assert status["phase"] == "Succeeded", json.dumps(status)[:3000]
+    unit = status["stages"]["training"]["units"]["train"]
+    assert unit["restarts"] >= 1
+    assert unit["result"]["resumed_from_epoch"] >= 3
+    assert status["training"]["epoch"] == 40
+
+
+def test_a_failing_program_fails_the_job_with_its_exit_code_and_output(
+        namespace: str, operator: Any, example_image: str) -> None:
+    manifest = _example(tuning={"enabled": False}, explanation={"enabled": False},
+                        runPolicy={"backoffLimit": 0})
+    manifest["metadata"]["name"] = "failing"
+    manifest["spec"]["training"]["command"] = [
+        "python", "-c", "import sys; print('loading data'); print('KeyError: label'); "
+        "sys.exit(5)"]
+    apply_job(namespace, manifest)
+    status = wait_phase(namespace, "failing", ("Succeeded", "Failed"), timeout=300)
+    assert status["phase"] == "Failed"
+    message = " ".join(c.get("message", "") for c in status["conditions"]
+                       if c["type"] in ("Failed", "TrainingComplete"))
+    assert "exited with code 5" in message and "KeyError: label" in message, message
