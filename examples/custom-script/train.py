@@ -35,7 +35,7 @@ from torch import nn
 STOP = False
 
 
-def on_sigterm(signum, frame):  # noqa: ARG001 - a signal handler's signature
+def on_sigterm(signum, frame):
     global STOP
     STOP = True
 

@@ -32,6 +32,21 @@ class UnitResult(BaseModel):
     problems: list[str] = Field(default_factory=list)
     """Problems with the spec that the unit found in the data (each names its field): the job
     is Invalid, and nothing is retried."""
+    unavailable: str | None = None
+    """The data cannot be had (no such object, refused credentials, no answer): the job fails
+    with reason DataUnavailable, and nothing is retried."""
+
+
+class FetchResult(UnitResult):
+    """The data stage: where the remote dataset's copy is, and whether it was fetched now."""
+
+    uri: str | None = None
+    version: str | None = None
+    path: str | None = None
+    files: int = 0
+    bytes: int = 0
+    fetched: bool = True
+    rows: int | None = None
 
 
 class AugmentationResult(UnitResult):
@@ -112,10 +127,11 @@ class ServiceResult(UnitResult):
     """A long-running helper (the study server): it reports nothing of substance."""
 
 
-UnitKind = Literal["augment-shard", "augment-merge", "train", "fold", "trial", "tune-summary",
-                   "tune", "study", "explain", "report"]
+UnitKind = Literal["fetch", "augment-shard", "augment-merge", "train", "fold", "trial",
+                   "tune-summary", "tune", "study", "explain", "report"]
 
 RESULT_MODELS: dict[str, type[UnitResult]] = {
+    "fetch": FetchResult,
     "augment-shard": AugmentationResult,
     "augment-merge": AugmentationResult,
     "train": TrainingResult,

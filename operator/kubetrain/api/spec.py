@@ -59,13 +59,27 @@ class FieldProblem(ValueError):
         self.message = message
 
 
+class DatasetCredentials(ApiModel):
+    """Credentials for an s3:// dataset (never copied into status, events or logs)."""
+
+    secret: str = Field(pattern=OBJECT_NAME_PATTERN)
+    """On Kubernetes: a Secret in the job's namespace with AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY (optionally AWS_SESSION_TOKEN), given only to the data stage's pod.
+    The local executor takes the same variables from its environment."""
+
+
 class DatasetSpec(ApiModel):
     """Where the data comes from and how it is split. Set exactly one of builtin or uri."""
 
     builtin: Literal["digits", "breast_cancer", "wine", "iris", "diabetes"] | None = None
     """A dataset shipped inside scikit-learn (no download). diabetes is a regression set."""
     uri: str | None = Field(default=None, min_length=1)
-    """A file or folder: a path (relative to the manifest), or pvc://claim/path on Kubernetes."""
+    """A file or folder: a path (relative to the manifest), pvc://claim/path on Kubernetes,
+    s3://bucket/key (a prefix ending in / for an imagefolder) or https://host/file. Remote data
+    is fetched once per version (ETag) into the job's storage by the data stage."""
+    endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/.*)?$")
+    """S3-compatible endpoint URL for s3:// URIs (MinIO, Ceph, ...); default: AWS S3."""
+    credentials: DatasetCredentials | None = None
     format: Literal["npz", "csv", "parquet", "imagefolder"] | None = None
     """File format of uri: npz (arrays X and y), csv or parquet (one column is the target),
     imagefolder (one subfolder per class). Inferred from the file extension when unset."""
@@ -99,6 +113,9 @@ class DatasetSpec(ApiModel):
                 )
             if fmt in ("csv", "parquet") and not self.target:
                 raise FieldProblem("target", f"required for format {fmt}: the label column's name")
+        if (self.endpoint or self.credentials) and not (self.uri or "").startswith("s3://"):
+            raise FieldProblem("endpoint" if self.endpoint else "credentials",
+                               "applies to s3:// URIs only")
         if self.builtin is not None and (self.format or self.target):
             raise FieldProblem(
                 "format" if self.format else "target",
@@ -113,6 +130,11 @@ class DatasetSpec(ApiModel):
         return self
 
     @property
+    def remote(self) -> bool:
+        """An s3:// or https:// uri: the data stage fetches it into the job's storage."""
+        return is_remote(self.uri)
+
+    @property
     def resolved_format(self) -> str | None:
         return self.format or (infer_format(self.uri) if self.uri else None)
 
@@ -123,6 +145,14 @@ class DatasetSpec(ApiModel):
         if self.task != "auto":
             return self.task
         return BUILTIN_TASKS[self.builtin] if self.builtin is not None else None
+
+
+REMOTE_SCHEMES = ("s3://", "https://", "http://")
+
+
+def is_remote(uri: str | None) -> bool:
+    """Whether a dataset uri is fetched by the data stage (object storage or the web)."""
+    return bool(uri) and str(uri).startswith(REMOTE_SCHEMES)
 
 
 def infer_format(uri: str) -> str | None:

@@ -50,6 +50,7 @@ class Reason(StrEnum):
     STAGE_NOT_AVAILABLE = "StageNotAvailable"
     ALL_STAGES_SUCCEEDED = "AllStagesSucceeded"
     INVALID_SPEC = "InvalidSpec"
+    DATA_UNAVAILABLE = "DataUnavailable"
     WORK_UNIT_FAILED = "WorkUnitFailed"
     INTERRUPTED = "Interrupted"
     BUDGET_EXCEEDED = "BudgetExceeded"

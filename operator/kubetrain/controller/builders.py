@@ -179,7 +179,8 @@ def pod_spec(job: TrainingJob, unit: WorkUnit, settings: WorkerSettings,
             "image": unit.image or job.spec.image or settings.worker_image,
             "imagePullPolicy": settings.image_pull_policy,
             "command": command,
-            "env": [{"name": k, "value": v} for k, v in environment.items()],
+            "env": [{"name": k, "value": v} for k, v in environment.items()]
+            + _credentials(job, unit),
             "resources": _resources(unit),
             "volumeMounts": mounts,
             "terminationMessagePath": "/dev/termination-log",
@@ -190,6 +191,22 @@ def pod_spec(job: TrainingJob, unit: WorkUnit, settings: WorkerSettings,
         }],
         "volumes": volumes,
     }
+
+
+CREDENTIAL_KEYS = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False),
+                   ("AWS_SESSION_TOKEN", True))
+"""Keys of dataset.credentials.secret, and whether each is optional."""
+
+
+def _credentials(job: TrainingJob, unit: WorkUnit) -> list[dict[str, Any]]:
+    """The data stage's pod reads the dataset's Secret; no other pod gets the credentials, and
+    the pod spec holds only references to them."""
+    creds = job.spec.dataset.credentials
+    if unit.kind != "fetch" or creds is None:
+        return []
+    return [{"name": key, "valueFrom": {"secretKeyRef": {
+        "name": creds.secret, "key": key, **({"optional": True} if optional else {})}}}
+        for key, optional in CREDENTIAL_KEYS]
 
 
 def study_address(job: TrainingJob) -> str:

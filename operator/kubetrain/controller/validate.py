@@ -20,9 +20,11 @@ def semantic_problems(job: TrainingJob, settings: WorkerSettings) -> list[str]:
     if storage_claim(job, settings) is None:
         problems.append("spec.storage.pvc: required on Kubernetes (every stage's pods share "
                         "the job's storage), and the operator has no default PVC configured")
-    if spec.dataset.uri and not spec.dataset.uri.startswith("pvc://"):
+    if spec.dataset.uri and not spec.dataset.uri.startswith("pvc://") and \
+            not spec.dataset.remote:
         problems.append(f"spec.dataset.uri: {spec.dataset.uri!r} is a local path; on "
-                        "Kubernetes use pvc://claim/path (or a builtin dataset)")
+                        "Kubernetes use pvc://claim/path, s3://bucket/key or https://host/file "
+                        "(or a builtin dataset)")
     if not NAME_PATTERN.match(job.metadata.name):
         problems.append("metadata.name: must be a DNS-1123 label")
     elif not job.metadata.name[0].isalpha():

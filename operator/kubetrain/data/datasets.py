@@ -58,18 +58,25 @@ class Dataset:
 
 
 def load_dataset(
-    spec: DatasetSpec, base_dir: Path | None = None, data_root: Path | None = None
+    spec: DatasetSpec, base_dir: Path | None = None, data_root: Path | None = None,
+    storage: Path | None = None,
 ) -> Dataset:
     """Load the dataset that ``spec`` describes.
 
     ``base_dir`` is the manifest's folder (relative ``uri``s are resolved against it);
-    ``data_root`` is where pods mount persistent volume claims (``pvc://claim/path``).
+    ``data_root`` is where pods mount persistent volume claims (``pvc://claim/path``);
+    ``storage`` is the job's storage, where the data stage copied an s3:// or https:// uri.
     """
     if spec.builtin is not None:
         # A built-in's task is the spec's (BUILTIN_TASKS), not inferred from its target.
         return _load_builtin(spec.builtin, spec.declared_task or spec.task)
     assert spec.uri is not None  # the spec guarantees exactly one source
-    path = resolve_uri(spec.uri, base_dir=base_dir, data_root=data_root)
+    if spec.remote:
+        from .remote import local_copy
+
+        path = local_copy(spec.uri, storage)
+    else:
+        path = resolve_uri(spec.uri, base_dir=base_dir, data_root=data_root)
     fmt = spec.resolved_format
     if fmt == "imagefolder":
         if not path.exists():
@@ -110,7 +117,8 @@ def resolve_uri(uri: str, base_dir: Path | None = None, data_root: Path | None =
     elif "://" in uri:
         scheme = uri.split("://", 1)[0]
         raise DatasetError(
-            f"dataset.uri: unsupported scheme {scheme}://; use a path or pvc://claim/path"
+            f"dataset.uri: unsupported scheme {scheme}://; use a path, pvc://claim/path, "
+            "s3://bucket/key or https://host/file"
         )
     path = Path(uri).expanduser()
     if not path.is_absolute() and base_dir is not None:

@@ -181,13 +181,14 @@ class ExplainData:
 
 def select_data(trained: TrainedModel, dataset_spec: DatasetSpec, *, samples: int,
                 background: int, base_dir: Path | None = None,
-                data_root: Path | None = None) -> ExplainData:
+                data_root: Path | None = None, storage: Path | None = None) -> ExplainData:
     """The job's splits, as training made them: background from train, samples from test.
 
     The background is ``background`` training rows drawn with the dataset seed; the samples are
     the first ``samples`` rows of the test split (the validation split when testSplit is 0).
     """
-    dataset = load_dataset(dataset_spec, base_dir=base_dir, data_root=data_root)
+    dataset = load_dataset(dataset_spec, base_dir=base_dir, data_root=data_root,
+                           storage=storage)
     if tuple(dataset.input_shape) != trained.input_shape:
         raise ExplainError(
             f"the dataset's rows have shape {dataset.input_shape} but the model was trained on "

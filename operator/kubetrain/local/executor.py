@@ -41,6 +41,8 @@ class JobInterrupted(Exception):
 def preflight(job: TrainingJob, base_dir: Path) -> None:
     """Checks that need the data (shape, task), made before anything starts."""
     spec = job.spec
+    if spec.dataset.remote:
+        return  # the data stage fetches it, then checks that it loads (workloads.fetch)
     try:
         dataset = load_dataset(spec.dataset, base_dir=base_dir)
         if spec.model is not None:  # else training.command builds its own

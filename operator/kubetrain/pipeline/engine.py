@@ -76,6 +76,8 @@ class _Engine(UnitRecords):
             message = "; ".join(self.problems)
             st.set_condition(status, "Invalid", "True", Reason.INVALID_SPEC, message, self.at)
             return self._end_early(Reason.INVALID_SPEC, message)
+        if self.unavailable:  # the data stage could not get the data: no retry would help
+            return self._end_early(Reason.DATA_UNAVAILABLE, "; ".join(self.unavailable))
         if self.ctx.interrupted:
             return self._end_early(Reason.INTERRUPTED, "stopped by Ctrl-C; `kubetrain run "
                                    "--resume` continues from the last checkpoint")

@@ -16,7 +16,7 @@ from ..api.results import UnitKind
 from ..api.spec import TrainingJobSpec
 from ..tuning.space import grid_size
 
-STAGE_ORDER = ("augmentation", "tuning", "training", "explanation")
+STAGE_ORDER = ("data", "augmentation", "tuning", "training", "explanation")
 REPORT_UNIT = "report"
 STUDY_UNIT = "study"
 SUMMARY_UNIT = "tune-summary"
@@ -136,6 +136,8 @@ def target_trials(spec: TrainingJobSpec) -> int:
 
 
 def _enabled(spec: TrainingJobSpec, stage: str) -> bool:
+    if stage == "data":
+        return spec.dataset.remote
     if stage == "augmentation":
         return spec.augmentation.enabled
     if stage == "tuning":
@@ -223,7 +225,11 @@ def plan(spec: TrainingJobSpec, job_name: str = "job") -> Plan:
     for name in STAGE_ORDER:
         if not _enabled(spec, name):
             continue
-        if name == "augmentation":
+        if name == "data":
+            stages.append(Stage("data", (UnitGroup((WorkUnit(
+                name="fetch", stage="data", kind="fetch", module="kubetrain.workloads.fetch",
+                cpu=0.5, memory_gib=1.0),)),)))
+        elif name == "augmentation":
             stages.append(_augmentation(spec))
         elif name == "tuning":
             stages.append(_tuning(spec, job_name))

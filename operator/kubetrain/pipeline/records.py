@@ -48,6 +48,7 @@ class UnitRecords:
         self.step = Step(status=status)
         self.status = status
         self.problems: list[str] = []
+        self.unavailable: list[str] = []
         """Problems with the spec that a unit found in the data: the job is Invalid."""
 
     # ----- small helpers --------------------------------------------------------------------
@@ -152,6 +153,11 @@ class UnitRecords:
         record.completion_time = self.at
         if result is not None:
             record.result = _compact(seen.result or {})
+        if result is not None and result.unavailable:
+            record.phase, record.message = StagePhase.FAILED, result.unavailable
+            if result.unavailable not in self.unavailable:
+                self.unavailable.append(result.unavailable)
+            return
         if result is not None and result.problems:
             # The spec cannot work with this data: no retry would help.
             record.phase, record.message = StagePhase.FAILED, "; ".join(result.problems)

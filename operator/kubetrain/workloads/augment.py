@@ -96,7 +96,8 @@ def run_shard(spec: TrainingJobSpec, args: argparse.Namespace, shard: int, shard
               unit: str, reporter: Reporter) -> dict[str, Any]:
     started = time.time()
     aug = spec.augmentation
-    dataset = load_dataset(spec.dataset, base_dir=args.base_dir, data_root=args.data_root)
+    dataset = load_dataset(spec.dataset, base_dir=args.base_dir, data_root=args.data_root,
+                           storage=args.storage)
     check_augmentation(spec, dataset)
     splits = split_dataset(dataset, spec.dataset)
     train_idx = splits.indices["train"]

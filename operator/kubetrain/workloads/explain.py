@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(seed)
     data = select_data(trained, spec.dataset, samples=settings.samples,
                        background=settings.background, base_dir=args.base_dir,
-                       data_root=args.data_root)
+                       data_root=args.data_root, storage=args.storage)
     method = resolve_method(args.method or settings.method)
     reporter.event("start", unit=args.unit, method=method,
                    requested_method=args.method or settings.method, samples=len(data.samples),

@@ -110,7 +110,8 @@ class TrainingData:
 
 def training_data(spec: TrainingJobSpec, args: argparse.Namespace) -> TrainingData:
     """The rows of one training unit, the same for the built-in trainer and a custom program."""
-    dataset = load_dataset(spec.dataset, base_dir=args.base_dir, data_root=args.data_root)
+    dataset = load_dataset(spec.dataset, base_dir=args.base_dir, data_root=args.data_root,
+                           storage=args.storage)
     if args.fold is not None:
         folds = spec.training.cross_validation.folds if spec.training.cross_validation else 0
         if not 0 <= args.fold < folds:
