@@ -395,10 +395,34 @@ def test_parallelism_above_trials_is_refused_when_both_are_set_and_capped_otherw
     assert sweep is not None and sweep.parallelism == 1
 
 
-def test_custom_command_is_refused_as_not_yet_available() -> None:
-    with pytest.raises(ManifestError) as error:
-        parse_training_job(_manifest(training={"command": ["python", "train.py"]}))
-    assert "spec.training.command: custom script mode is not available yet" in str(error.value)
+def test_a_custom_command_trains_through_the_program_runner_in_its_image() -> None:
+    job = parse_training_job({**_manifest(), "spec": {
+        "dataset": {"builtin": "digits"}, "tuning": sweep_spec(),
+        "training": {"command": ["python", "train.py"], "image": "me/trainer:1"}}})
+    planned = plan(job.spec)
+    train = planned.unit("train")
+    assert train is not None and train.module == "kubetrain.workloads.script"
+    assert train.image == "me/trainer:1"
+    sweep = planned.stage("tuning").groups[0].sweep  # type: ignore[union-attr]
+    # A trial runs the trial unit (study, pruning) in the program's image; it starts the
+    # program through the same runner.
+    assert sweep is not None and sweep.template.image == "me/trainer:1"
+    # The other stages run kubetrain's own units in the worker image.
+    assert planned.unit("tune-summary").image is None  # type: ignore[union-attr]
+
+
+def test_unavailable_data_fails_the_job_with_its_own_reason_and_no_retry() -> None:
+    world = World(make_job(dataset={"uri": "s3://bucket/data.npz"},
+                           runPolicy={"backoffLimit": 3}))
+    step = world.step()
+    assert [launch.unit.name for launch in step.launch] == ["fetch"]
+    message = "spec.dataset.uri: s3://bucket/data.npz does not exist (no such bucket or object)"
+    world.fail("fetch", 1, result={"status": "failed", "unavailable": message})
+    world.step()
+    assert world.status.phase == "Failed"
+    assert world.condition("Failed").reason == "DataUnavailable"
+    assert world.condition("Failed").message == message
+    assert world.unit("fetch").restarts == 0
 
 
 def test_a_spec_problem_a_unit_found_in_the_data_makes_the_job_invalid_without_retries() -> None:

@@ -127,9 +127,8 @@ def test_overfitting_action_stop_ends_training_and_keeps_the_best(
     assert status["findings"]["overfitting"]["verdict"] == "overfitting"
 
 
-def test_custom_script_mode_is_refused_by_validate_and_run_alike(tmp_path: Path,
-                                                               write_manifest: Any) -> None:
-    # One honest answer everywhere (the operator says Invalid): not available yet.
+def test_a_command_beside_a_model_is_refused_by_validate_and_run_alike(
+        tmp_path: Path, write_manifest: Any) -> None:
     manifest = write_manifest(base_manifest(training={"epochs": 2,
                                                       "command": ["python", "train.py"]}))
     storage = tmp_path / "s"
@@ -137,7 +136,7 @@ def test_custom_script_mode_is_refused_by_validate_and_run_alike(tmp_path: Path,
                                                    str(storage))):
         proc = kubetrain(*command)
         assert proc.returncode == 2, proc.stderr[-2000:]
-        assert "spec.training.command: custom script mode is not available yet" in proc.stderr
+        assert "spec.model: remove it: with training.command your program builds" in proc.stderr
     assert not storage.exists()
 
 
