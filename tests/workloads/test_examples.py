@@ -24,6 +24,8 @@ def test_every_example_is_tested() -> None:
     tested = {"digits.yaml", "breast-cancer.yaml", "overfit.yaml", "scarce-digits.yaml",
               # tests/workloads/test_custom_script.py
               "custom-script/job.yaml",
+              # tests/workloads/test_remote_data.py, tests/integration/test_remote_data_cluster.py
+              "s3/job.yaml",
               # the claim every cluster test's namespace gets (tests/integration/k8s.py)
               "storage/kubetrain-data.yaml"}
     assert {str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*.yaml")} == tested

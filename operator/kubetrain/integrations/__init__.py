@@ -1,0 +1,1 @@
+"""Reporting to kubetrain from training libraries (custom script mode, ``training.command``)."""
