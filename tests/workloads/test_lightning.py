@@ -89,7 +89,8 @@ def test_a_pruned_lightning_trial_stops_in_the_epoch_of_the_decision(tmp_path: P
     check = f"""
 import argparse, json, pathlib
 from kubetrain.workloads import script
-args = argparse.Namespace(job=pathlib.Path({str(job)!r}), storage=pathlib.Path({str(tmp_path)!r}) / "s",
+args = argparse.Namespace(job=pathlib.Path({str(job)!r}),
+    storage=pathlib.Path({str(tmp_path)!r}) / "s",
     unit="tuning/trial-0", fold=None, params=None, epochs=None, result=None,
     base_dir=pathlib.Path.cwd(), data_root=None, workdir=pathlib.Path({str(tmp_path)!r}))
 summary = script.run(args, on_epoch=lambda metrics: metrics["epoch"] >= 2)
