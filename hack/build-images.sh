@@ -8,8 +8,8 @@
 # Images (version from pyproject.toml):
 #   kubetrain-worker:<version>      (--variant cuda: kubetrain-worker:<version>-cuda)
 #   kubetrain-operator:<version>
-#   kubetrain-custom-example:<version>   examples/custom-script on top of the worker image (not
-#                                        built unless named)
+#   kubetrain-custom-example:<version>   examples/custom-script: Python, torch, numpy and the
+#                                        script, no kubetrain (not built unless named)
 # An image is rebuilt when its sources changed since it was built (a hash of pyproject.toml,
 # its Dockerfile and the package files it runs, kept in $STAMPS), else skipped; --force always
 # rebuilds. The worker's hash leaves out kubetrain/controller/ and cli.py (only the operator runs
@@ -160,10 +160,9 @@ make_context() {  # make_context DIR WITH_WHEEL(0|1)
 # ------------------------------------------------------------------ build + load
 source_hash() {  # source_hash worker|operator|custom-example -> sha256 of what goes into it
   local what=$1 skip=()
-  if [ "$what" = custom-example ]; then  # its folder, on top of the worker it is built from
-    { cat "$STAMPS/kubetrain-worker_$VERSION" 2>/dev/null
-      (cd "$REPO/examples/custom-script" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
-    } | sha256sum | cut -c1-16
+  if [ "$what" = custom-example ]; then  # its folder (its base: the local Debian image)
+    (cd "$REPO/examples/custom-script" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) \
+      | sha256sum | cut -c1-16
     return
   fi
   # the worker's pods run `python -m kubetrain.workloads.*`, never the operator or its CLI
@@ -177,7 +176,7 @@ source_hash() {  # source_hash worker|operator|custom-example -> sha256 of what 
 }
 
 build_one() {  # build_one worker|operator
-  local what=$1 name tag ctx t0 args hash stamp
+  local what=$1 name tag ctx t0 args hash stamp wheel
   tag=$VERSION; [ "$what" = worker ] && [ "$VARIANT" = cuda ] && tag="$VERSION-cuda"
   name=kubetrain-$what:$tag
   hash=$(source_hash "$what")
@@ -196,9 +195,10 @@ build_one() {  # build_one worker|operator
   ctx=$(mktemp -d /tmp/kubetrain-build.XXXXXX)
   CONTEXTS+=("$ctx")
   if [ "$what" = custom-example ]; then
-    have_local_image "kubetrain-worker:$VERSION" || die "build the worker first: hack/build-images.sh worker"
     cp -r "$REPO/examples/custom-script/." "$ctx/"
-    args=(-f "$ctx/Dockerfile" --build-arg "WORKER_IMAGE=kubetrain-worker:$VERSION")
+    wheel=$(find_torch_wheel)
+    if [ -n "$wheel" ]; then mkdir -p "$ctx/wheels"; ln "$wheel" "$ctx/wheels/" 2>/dev/null || cp "$wheel" "$ctx/wheels/"; fi
+    args=(-f "$ctx/Dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE")
   else
   make_context "$ctx" "$([ "$what" = worker ] && [ "$VARIANT" = cpu ] && echo 1 || echo 0)"
   args=(-f "$REPO/images/$what/Dockerfile"

@@ -457,3 +457,47 @@ def test_child_name_joins_parts_and_refuses_long_names() -> None:
     assert b.child_name("a" * 57, "train") == "a" * 57 + "-train"  # exactly 63
     with pytest.raises(ValueError, match="longer than 63"):
         b.child_name("a" * 58, "train")
+
+
+def _custom_job(**training: Any) -> TrainingJob:
+    manifest: dict[str, Any] = {
+        "apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": "own", "namespace": "ml", "uid": UID, "generation": 1},
+        "spec": {"dataset": {"builtin": "digits"}, "storage": {"pvc": "shared"},
+                 "training": {"command": ["python", "train.py"], **training}}}
+    return parse_training_job(manifest)
+
+
+def test_a_program_image_runs_beside_the_runner_in_one_pod() -> None:
+    job = _custom_job(image="me/trainer:1", resources={
+        "nodes": 2, "nprocPerNode": 2, "gpusPerNode": 2, "cpu": "4", "memory": "16Gi"})
+    unit = plan(job.spec).unit("train")
+    assert unit is not None
+    pods = b.unit_pods(job, unit, 0, WorkerSettings(dev_source="/src"))
+    spec = pods[1]["spec"]
+    runner, program = spec["containers"]
+    assert spec["shareProcessNamespace"] is True
+    # The runner: kubetrain's image, not under torchrun (torchrun runs in the program's).
+    assert runner["image"] == "kubetrain-worker:0.1.0"
+    assert runner["command"][:3] == ["python", "-m", "kubetrain.workloads.script"]
+    assert runner["command"][-2:] == ["--program-dir", "/kubetrain"]
+    assert "nvidia.com/gpu" not in runner["resources"]["requests"]
+    # The program: the user's image, the unit's resources, the gang's rendezvous settings,
+    # the storage and the shared folder, but not kubetrain's source.
+    assert program["image"] == "me/trainer:1" and program["command"][:2] == ["sh", "-c"]
+    assert program["resources"]["requests"]["nvidia.com/gpu"] == "2"
+    env = {e["name"]: e["value"] for e in program["env"]}
+    assert env["PET_NODE_RANK"] == "1" and env["PET_NNODES"] == "2"
+    mounts = {m["name"] for m in program["volumeMounts"]}
+    assert {"program", "data0", "tmp"} <= mounts and "dev-source" not in mounts
+    assert program["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_a_program_without_its_own_image_runs_in_the_worker_container() -> None:
+    job = _custom_job(resources={"nprocPerNode": 2})
+    unit = plan(job.spec).unit("train")
+    assert unit is not None
+    (pod,) = b.unit_pods(job, unit, 0, SETTINGS)
+    (container,) = pod["spec"]["containers"]
+    assert container["command"][:4] == ["python", "-m", "torch.distributed.run", "--standalone"]
+    assert "kubetrain.workloads.script" in container["command"]

@@ -55,6 +55,18 @@ def test_pod_view_reads_labels_and_the_termination_message() -> None:
     assert view.created == datetime(2025, 3, 1, 11, 0, 0, tzinfo=UTC)
 
 
+def test_beside_a_program_container_the_runner_container_reports() -> None:
+    # A program in its own image: the runner ("worker") has the result and the exit code,
+    # whichever order the API lists the containers in.
+    runner = {"name": "worker", "state": {"terminated": {
+        "exitCode": 3, "message": json.dumps({"status": "failed", "message": "code 3"})}}}
+    program = {"name": "program", "state": {"terminated": {"exitCode": 0, "message": ""}}}
+    for order in ([runner, program], [program, runner]):
+        view = pod_view({"metadata": {"name": "own-train-0", "labels": {b.LABEL_UNIT: "train"}},
+                         "status": {"phase": "Failed", "containerStatuses": order}})
+        assert view.exit_code == 3 and view.result == {"status": "failed", "message": "code 3"}
+
+
 def test_pod_view_of_a_running_deleting_pod() -> None:
     view = pod_view({
         "metadata": {"name": "mnist-train-0", "deletionTimestamp": "2025-03-01T12:00:00Z",

@@ -280,3 +280,66 @@ def test_custom_script_example_sweeps_trains_explains_and_finds(tmp_path: Path) 
     train = status["stages"]["training"]["units"]["train"]["result"]
     assert train["world_size"] == 2  # under torchrun: nprocPerNode 2
     assert Path(train["model"]).name == "model.ts"
+
+
+# --- the program in its own container (an image without kubetrain) ---------------------------
+# The pod's two containers are two processes here: the launcher (`sh -c LAUNCHER`, what the
+# program container runs) and the runner with --program-dir; they share a folder, and here as
+# in the pod (shareProcessNamespace) the runner can signal the program.
+
+
+def _launcher(tmp_path: Path, folder: Path) -> subprocess.Popen[str]:
+    from kubetrain.launcher import LAUNCHER
+
+    folder.mkdir(exist_ok=True)
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # `python` is this one
+    return subprocess.Popen(["sh", "-c", LAUNCHER, "sh"], cwd=tmp_path, text=True,
+                            env={"PATH": path, "KUBETRAIN_PROGRAM_DIR": str(folder)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_a_program_in_its_own_container_reports_through_the_shared_folder(
+        tmp_path: Path) -> None:
+    folder, storage = tmp_path / "shared", tmp_path / "storage"
+    launcher = _launcher(tmp_path, folder)
+    code, lines, events = _finish(_start(_job(tmp_path, FALLING, "", "${params.hidden}",
+                                              training={"params": {"hidden": 5}}),
+                                         storage, "--program-dir", str(folder)))
+    assert launcher.wait(timeout=30) == 0
+    assert code == 0
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2, 3, 4, 5, 6]
+    assert any(line.startswith('argv ["5"]') for line in lines)  # its output, passed through
+    result = _result(storage)
+    assert result["status"] == "succeeded" and result["test_metrics"] == {"test_accuracy": 0.5}
+
+
+def test_a_failing_program_in_its_own_container_fails_the_runner_not_the_launcher(
+        tmp_path: Path) -> None:
+    folder, storage = tmp_path / "shared", tmp_path / "storage"
+    launcher = _launcher(tmp_path, folder)
+    code, _, _ = _finish(_start(_job(tmp_path, FALLING, "fail"), storage,
+                                "--program-dir", str(folder)))
+    assert launcher.wait(timeout=30) == 0
+    assert code == 3
+    assert "RuntimeError: boom at epoch 2" in _result(storage)["message"]
+
+
+def test_a_stop_reaches_the_program_in_its_own_container(tmp_path: Path) -> None:
+    folder, storage = tmp_path / "shared", tmp_path / "storage"
+    launcher = _launcher(tmp_path, folder)
+    job = _job(tmp_path, OVERFIT, "slow",
+               findings={"overfitting": {"action": "stop", "patience": 3, "warmupEpochs": 1}})
+    code, _, events = _finish(_start(job, storage, "--program-dir", str(folder)))
+    assert launcher.wait(timeout=30) == 0
+    assert code == 0
+    stopped = next(e for e in events if e["event"] == "stopped")
+    assert _result(storage)["epochs_run"] == stopped["epoch"] < len(OVERFIT)
+
+
+def test_a_runner_that_never_launches_lets_the_program_container_end(tmp_path: Path) -> None:
+    folder, storage = tmp_path / "shared", tmp_path / "storage"
+    launcher = _launcher(tmp_path, folder)
+    code, _, _ = _finish(_start(_job(tmp_path, FALLING, "", "${params.width}"), storage,
+                                "--program-dir", str(folder)))
+    assert code == SPEC_PROBLEM_EXIT
+    assert launcher.wait(timeout=10) == 0

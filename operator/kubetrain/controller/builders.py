@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ..api.resource import API_VERSION, KIND, TrainingJob
+from ..launcher import LAUNCHER, PROGRAM_DIR
 from ..pipeline.plan import STUDY_PORT, STUDY_UNIT, WorkUnit
 
 LABEL_JOB = "kubetrain.io/job"
@@ -123,12 +124,24 @@ def _resources(unit: WorkUnit) -> dict[str, Any]:
     return {"requests": requests, "limits": limits}
 
 
-def unit_command(unit: WorkUnit, storage: str, extra_args: list[str]) -> list[str]:
-    """The container command: the work unit's module, under torchrun for a DDP gang."""
+RUNNER_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+"""The runner beside a program container: it follows the program, the program does the work."""
+
+
+def program_container(job: TrainingJob, unit: WorkUnit) -> bool:
+    """A custom program in its own image (training.image) runs in its own container: the image
+    needs Python and PyTorch, not kubetrain; the runner stays in the worker image beside it."""
+    return job.spec.custom and unit.image is not None and unit.kind in ("train", "fold", "trial")
+
+
+def unit_command(unit: WorkUnit, storage: str, extra_args: list[str],
+                 torchrun: bool = True) -> list[str]:
+    """The container command: the work unit's module, under torchrun for a DDP gang (unless
+    torchrun runs in a program container instead)."""
     module = ["-m", unit.module, *unit.args, "--job", f"{JOB_MOUNT}/job.yaml",
               "--storage", storage, "--base-dir", DATA_MOUNT, "--data-root", DATA_MOUNT,
               *extra_args]
-    if unit.world_size == 1:
+    if unit.world_size == 1 or not torchrun:
         return ["python", *module]
     if unit.nodes == 1:
         return ["python", "-m", "torch.distributed.run", "--standalone",
@@ -176,7 +189,7 @@ def pod_spec(job: TrainingJob, unit: WorkUnit, settings: WorkerSettings,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
             "name": "worker",
-            "image": unit.image or job.spec.image or settings.worker_image,
+            "image": job.spec.image or settings.worker_image,
             "imagePullPolicy": settings.image_pull_policy,
             "command": command,
             "env": [{"name": k, "value": v} for k, v in environment.items()]
@@ -236,7 +249,10 @@ def unit_pods(job: TrainingJob, unit: WorkUnit, attempt: int, settings: WorkerSe
     namespace = job.metadata.namespace or "default"
     args = [*extra_args, *(("--study-server", study_address(job)) if unit.study_client else ()),
             *(("--status-file", f"{STATUS_MOUNT}/{STATUS_FILE}") if status_file else ())]
-    command = unit_command(unit, storage_dir(job, settings), args)
+    separate = program_container(job, unit)
+    if separate:
+        args.extend(("--program-dir", PROGRAM_DIR))
+    command = unit_command(unit, storage_dir(job, settings), args, torchrun=not separate)
     pods = []
     for rank in range(unit.nodes):
         env = {}
@@ -248,6 +264,8 @@ def unit_pods(job: TrainingJob, unit: WorkUnit, attempt: int, settings: WorkerSe
         extra = {LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt), LABEL_ROLE: unit.kind}
         lab = labels(job, unit, **extra)
         spec = pod_spec(job, unit, settings, command, env)
+        if separate:
+            _add_program_container(spec, unit, settings, env)
         if status_file:
             spec["volumes"].append({"name": "final-status", "configMap": {
                 "name": child_name(job.metadata.name, "final-status")}})
@@ -263,6 +281,32 @@ def unit_pods(job: TrainingJob, unit: WorkUnit, attempt: int, settings: WorkerSe
         pods.append({"apiVersion": "v1", "kind": "Pod",
                      "metadata": _metadata(job, name, lab), "spec": spec})
     return pods
+
+
+def _add_program_container(spec: dict[str, Any], unit: WorkUnit, settings: WorkerSettings,
+                           env: dict[str, str]) -> None:
+    """The user's image beside the runner: it gets the unit's resources (GPUs too) and the same
+    volumes, shares the pod's processes (the runner signals the program) and a folder."""
+    runner = spec["containers"][0]
+    runner["resources"] = RUNNER_RESOURCES
+    shared = {"name": "program", "mountPath": PROGRAM_DIR}
+    runner["volumeMounts"].append(shared)
+    spec["volumes"].append({"name": "program", "emptyDir": {}})
+    spec["shareProcessNamespace"] = True
+    mounts = [m for m in runner["volumeMounts"] if m["name"] != "dev-source"]
+    environment = {"HOME": "/tmp", "PYTHONUNBUFFERED": "1", **env}
+    if unit.world_size > 1 and not unit.gpus_per_node:
+        environment.setdefault("OMP_NUM_THREADS", "1")
+    spec["containers"].append({
+        "name": "program",
+        "image": unit.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["sh", "-c", LAUNCHER, "sh"],
+        "env": [{"name": k, "value": v} for k, v in environment.items()],
+        "resources": _resources(unit),
+        "volumeMounts": mounts,
+        "securityContext": runner["securityContext"],
+    })
 
 
 def unit_services(job: TrainingJob, unit: WorkUnit) -> list[dict[str, Any]]:

@@ -82,7 +82,10 @@ def pod_view(pod: dict[str, Any]) -> PodView:
     status = pod.get("status") or {}
     terminated: dict[str, Any] = {}
     started = parse_time(status.get("startTime"))
-    for container in status.get("containerStatuses") or []:
+    # The unit's own container ("worker") reports; a program container beside it does not.
+    containers = sorted(status.get("containerStatuses") or [],
+                        key=lambda c: c.get("name") == "worker")
+    for container in containers:
         state = container.get("state") or {}
         if state.get("terminated"):
             terminated = state["terminated"]

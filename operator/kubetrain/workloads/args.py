@@ -23,3 +23,6 @@ def add_common_arguments(parser: argparse.ArgumentParser,
     parser.add_argument("--workdir", type=Path, default=None,
                         help="folder training.command runs in (default: the current one; the "
                              "local executor passes the manifest's folder)")
+    parser.add_argument("--program-dir", type=Path, default=None,
+                        help="training.command runs in another container of this pod (an image "
+                             "without kubetrain); talk to it through this shared folder")

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -38,6 +38,7 @@ from ..api.metrics import is_maximized, monitored_metric
 from ..api.spec import PLACEHOLDER, TrainingJobSpec
 from ..data import DatasetError
 from ..findings.overfitting import analyze_overfitting, should_stop_for_overfitting
+from ..launcher import EXIT_CODE_FILE, LAUNCH_FILE, OUTPUT_FIFO, PID_FILE, cancel
 from ..pipeline.params import apply_params, program_params
 from ..report import Reporter, parse_event, refuse, write_json_atomic
 from .train import HISTORY_FILE, SpecProblem, parse_args, result_path, training_data
@@ -178,15 +179,23 @@ class Run:
 
 
 class Program:
-    """The user's program as a child process: output followed, stopped on request."""
+    """The user's program: its output line by line, a stop request, its exit code."""
 
-    def __init__(self, command: list[str], env: dict[str, str], cwd: Path,
-                 stop_file: Path) -> None:
+    def __init__(self, stop_file: Path) -> None:
         self.stop_file = stop_file
         self.stop_requested = False
-        self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                     errors="replace")
+
+    def lines(self) -> Iterator[str]:
+        raise NotImplementedError
+
+    def wait(self) -> int:
+        raise NotImplementedError
+
+    def signal(self, signum: int) -> None:
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        raise NotImplementedError
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Ask the program to end (stop file, then SIGTERM); SIGKILL after ``grace`` seconds."""
@@ -195,16 +204,96 @@ class Program:
         self.stop_requested = True
         self.stop_file.parent.mkdir(parents=True, exist_ok=True)
         self.stop_file.touch()
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGTERM)
+        self.signal(signal.SIGTERM)
 
         def kill_later() -> None:
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
+            deadline = time.time() + grace
+            while self.alive() and time.time() < deadline:
+                time.sleep(0.2)
+            if self.alive():
+                self.signal(signal.SIGKILL)
         threading.Thread(target=kill_later, daemon=True).start()
+
+
+class ChildProgram(Program):
+    """The program as this process's child (locally, and in a pod of an image with kubetrain)."""
+
+    def __init__(self, command: list[str], env: dict[str, str], cwd: Path,
+                 stop_file: Path) -> None:
+        super().__init__(stop_file)
+        self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                     errors="replace")
+
+    def lines(self) -> Iterator[str]:
+        assert self.proc.stdout is not None
+        yield from self.proc.stdout
+
+    def wait(self) -> int:
+        return self.proc.wait()
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signum)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+class ContainerProgram(Program):
+    """The program in another container of this pod (an image without kubetrain), reached
+    through a shared folder: a launch file it sources, a FIFO for its output, its pid (the pod
+    shares one process namespace) and its exit code."""
+
+    def __init__(self, command: list[str], env: dict[str, str], folder: Path,
+                 stop_file: Path) -> None:
+        super().__init__(stop_file)
+        self.folder = folder
+        for name in (OUTPUT_FIFO, PID_FILE, EXIT_CODE_FILE, LAUNCH_FILE):
+            (folder / name).unlink(missing_ok=True)
+        os.mkfifo(folder / OUTPUT_FIFO)
+        exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+        launch = folder / f".{LAUNCH_FILE}"
+        launch.write_text(f"{exports}set -- {shlex.join(command)}\n")
+        os.replace(launch, folder / LAUNCH_FILE)
+        self.pid: int | None = None
+
+    def lines(self) -> Iterator[str]:
+        # Opening blocks until the program's side opens the FIFO; EOF when it exits.
+        with (self.folder / OUTPUT_FIFO).open(errors="replace") as output:
+            yield from output
+
+    def _pid(self) -> int | None:
+        if self.pid is None:
+            with contextlib.suppress(OSError, ValueError):
+                self.pid = int((self.folder / PID_FILE).read_text())
+        return self.pid
+
+    def wait(self) -> int:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                return int((self.folder / EXIT_CODE_FILE).read_text())
+            time.sleep(0.2)
+        return 137  # the program container went away without an exit code (killed)
+
+    def signal(self, signum: int) -> None:
+        pid = self._pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+
+    def alive(self) -> bool:
+        pid = self._pid()
+        if pid is None:
+            return not (self.folder / EXIT_CODE_FILE).exists()
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 def _resolve_program(command: list[str]) -> list[str]:
@@ -228,12 +317,18 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
     params = {**program_params(spec, trial_params), "epochs": epochs}
     unit_dir = args.storage / args.unit
     where = Locations(args.storage, unit_dir, unit_dir / "data")
-    rank = int(os.environ.get("RANK", "0"))
+    program_dir: Path | None = getattr(args, "program_dir", None)
+    # Under torchrun each rank has a runner (RANK); beside a program container, each node's
+    # pod has one (PET_NODE_RANK), and torchrun runs in the program's container.
+    rank = int(os.environ.get("RANK") or os.environ.get("PET_NODE_RANK") or "0")
     main_rank = rank == 0
     reporter = Reporter(result_path(args), enabled=main_rank)
     env = program_environment(spec, args, where, params, epochs)
-    command = _resolve_program(
-        substitute(user_command, placeholder_values(env, params), params))
+    command = substitute(user_command, placeholder_values(env, params), params)
+    if program_dir is None:
+        command = _resolve_program(command)
+    else:
+        command = _torchrun(spec, args.unit) + command
     if main_rank:
         where.stop_file.unlink(missing_ok=True)
         rows = export_data(spec, args, where.data_dir)
@@ -244,8 +339,13 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
         # The other ranks wait for rank 0's files (they share the storage on one node; on
         # several nodes the storage is a ReadWriteMany claim).
         _wait_for([where.data_dir / name for name in DATA_FILES])
-    program = Program(command, {**os.environ, **env, "PYTHONUNBUFFERED": "1"},
-                      getattr(args, "workdir", None) or Path.cwd(), where.stop_file)
+    program: Program
+    if program_dir is not None:  # another container of this pod runs it
+        program = ContainerProgram(command, {**env, "PYTHONUNBUFFERED": "1",
+                                             **_rank_env()}, program_dir, where.stop_file)
+    else:
+        program = ChildProgram(command, {**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                               getattr(args, "workdir", None) or Path.cwd(), where.stop_file)
     state = Run(history=_previous_history(unit_dir) if main_rank else [])
     terminated = threading.Event()
 
@@ -257,15 +357,31 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
         _follow(program, spec, state, reporter, unit_dir, epochs, main_rank, on_epoch)
     except BaseException:
         program.stop(grace=0)
-        program.proc.wait()
+        program.wait()
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    code = program.proc.wait()
+    code = program.wait()
     if not main_rank:
         return {"status": "succeeded" if code == 0 else "failed", "exit_code": code}
     return _summary(spec, args, state, code, terminated.is_set(), epochs, started, reporter,
                     unit_dir)
+
+
+def _torchrun(spec: TrainingJobSpec, unit: str) -> list[str]:
+    """In a program container, torchrun (from the program's PyTorch) starts the ranks."""
+    res = spec.training.resources
+    nodes, nproc = (1, 1) if unit.startswith("tuning/") else (res.nodes, res.workers_per_node)
+    if nodes * nproc == 1:
+        return []
+    # multi-node: torchrun reads PET_NNODES, PET_NODE_RANK, PET_MASTER_* from the environment
+    return ["torchrun", *(["--standalone"] if nodes == 1 else []),
+            f"--nproc-per-node={nproc}", "--max-restarts=0", "--no-python"]
+
+
+def _rank_env() -> dict[str, str]:
+    """The multi-node torchrun settings this pod got, for the program's container."""
+    return {k: v for k, v in os.environ.items() if k.startswith("PET_")}
 
 
 def _wait_for(paths: list[Path], timeout: float = 600) -> None:
@@ -289,10 +405,9 @@ def _follow(program: Program, spec: TrainingJobSpec, state: Run, reporter: Repor
             unit_dir: Path, epochs: int, main_rank: bool,
             on_epoch: EpochCallback | None) -> None:
     """Pass the program's output through; act on its events (rank 0 only)."""
-    assert program.proc.stdout is not None
     last = time.time()
     first_epoch = True
-    for line in program.proc.stdout:
+    for line in program.lines():
         event = parse_event(line)
         if event is None:
             print(line, end="", flush=True)
@@ -444,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(result_path(args), [f"spec.{error}"])
     except SpecProblem as error:
         return refuse(result_path(args), [str(error)])
+    finally:
+        cancel(args.program_dir)
     code = exit_code(summary)
     # The spec-problem exit code means "Invalid, do not retry"; a program's own 2 is a failure.
     return 1 if code == 2 else code

@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 from ..api import load_training_job
 from ..api.spec import TrainingJobSpec
 from ..data import DatasetError
+from ..launcher import cancel
 from ..report import EXECUTOR_PID_ENV, SPEC_PROBLEM_EXIT, Reporter, default_result_path
 from ..tuning.space import decode_params, distributions
 from ..tuning.study import TUNING_DIR, load_study, open_storage, state_name, trial_epochs
@@ -65,7 +66,8 @@ def trial_unit(number: int) -> str:
 
 def training_args(job: Path, storage: Path, number: int, params: dict[str, Any], epochs: int,
                   base_dir: Path, data_root: Path | None,
-                  workdir: Path | None = None) -> argparse.Namespace:
+                  workdir: Path | None = None,
+                  program_dir: Path | None = None) -> argparse.Namespace:
     """The training work unit's arguments for one trial (it runs in-process)."""
     unit = trial_unit(number)
     return argparse.Namespace(
@@ -73,7 +75,7 @@ def training_args(job: Path, storage: Path, number: int, params: dict[str, Any],
         # A tuned `epochs` is in params already; --epochs would override it.
         epochs=None if "epochs" in params else epochs,
         result=storage / unit / "result.json", base_dir=base_dir, data_root=data_root,
-        workdir=workdir,
+        workdir=workdir, program_dir=program_dir,
     )
 
 
@@ -115,12 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         return 143
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec: TrainingJobSpec = load_training_job(args.job).spec
-    storage = open_storage(args.storage, study_server=args.study_server,
-                           url=spec.tuning.storage)
-    study = load_study(storage, args.study, spec, seed=args.sampler_seed)
-    trial = study.ask(distributions(spec.tuning.search_space))
-    return run_trial(spec, args, study, trial, started)
+    try:
+        spec: TrainingJobSpec = load_training_job(args.job).spec
+        storage = open_storage(args.storage, study_server=args.study_server,
+                               url=spec.tuning.storage)
+        study = load_study(storage, args.study, spec, seed=args.sampler_seed)
+        trial = study.ask(distributions(spec.tuning.search_space))
+        return run_trial(spec, args, study, trial, started)
+    finally:
+        cancel(args.program_dir)  # a program container waiting for a launch that never came
 
 
 def run_trial(spec: TrainingJobSpec, args: argparse.Namespace, study: optuna.Study,
@@ -151,7 +156,8 @@ def run_trial(spec: TrainingJobSpec, args: argparse.Namespace, study: optuna.Stu
         # The built-in trainer in-process, or the user's program (training.command) as a child.
         trainer = script.run if spec.custom else train.run
         summary = trainer(training_args(args.job, args.storage, number, params, planned,
-                                        args.base_dir, args.data_root, args.workdir),
+                                        args.base_dir, args.data_root, args.workdir,
+                                        args.program_dir),
                           on_epoch)
         epochs_run = int(summary.get("epochs_run") or 0)
         if summary.get("status") == "terminated":
