@@ -95,6 +95,10 @@ class DatasetSpec(ApiModel):
     """Use only this fraction of the training split (to study scarce data)."""
     seed: int = Field(default=0, ge=0)
     """Seed of the splits, the initial weights and the data order."""
+    streaming: Literal["auto", "always", "never"] = "auto"
+    """imagefolder only: read images from disk batch by batch (DataLoader workers) instead of
+    decoding them all into memory. auto: when the decoded images would take more than half of
+    the training unit's memory (training.resources.memory / nprocPerNode)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:

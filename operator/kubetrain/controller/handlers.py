@@ -100,11 +100,11 @@ def _create(obj: dict[str, Any], namespace: str) -> None:
     kind = obj["kind"]
     try:
         if kind == "Pod":
-            kube.core().create_namespaced_pod(namespace, obj)  # type: ignore[arg-type]
+            kube.core().create_namespaced_pod(namespace, obj)
         elif kind == "Service":
-            kube.core().create_namespaced_service(namespace, obj)  # type: ignore[arg-type]
+            kube.core().create_namespaced_service(namespace, obj)
         elif kind == "ConfigMap":
-            kube.core().create_namespaced_config_map(namespace, obj)  # type: ignore[arg-type]
+            kube.core().create_namespaced_config_map(namespace, obj)
     except ApiException as error:
         if error.status != 409:  # already exists: another reconcile got there first
             raise

@@ -59,13 +59,15 @@ class Dataset:
 
 def load_dataset(
     spec: DatasetSpec, base_dir: Path | None = None, data_root: Path | None = None,
-    storage: Path | None = None,
+    storage: Path | None = None, memory_budget: float | None = None,
 ) -> Dataset:
     """Load the dataset that ``spec`` describes.
 
     ``base_dir`` is the manifest's folder (relative ``uri``s are resolved against it);
     ``data_root`` is where pods mount persistent volume claims (``pvc://claim/path``);
-    ``storage`` is the job's storage, where the data stage copied an s3:// or https:// uri.
+    ``storage`` is the job's storage, where the data stage copied an s3:// or https:// uri;
+    ``memory_budget`` (bytes): with ``streaming: auto``, an image folder whose decoded pixels
+    would take more stays on disk (``LazyImages``), read batch by batch by the trainer.
     """
     if spec.builtin is not None:
         # A built-in's task is the spec's (BUILTIN_TASKS), not inferred from its target.
@@ -83,7 +85,7 @@ def load_dataset(
             raise DatasetError(f"dataset.uri: no such folder: {path}")
         if not path.is_dir():
             raise DatasetError(f"dataset.uri: imagefolder needs a folder, got a file: {path}")
-        return _load_imagefolder(path, spec.task)
+        return _load_imagefolder(path, spec.task, memory_budget, spec.streaming)
     if not path.exists():
         raise DatasetError(f"dataset.uri: no such file: {path}")
     if path.is_dir():
@@ -290,7 +292,9 @@ def _fill_median(values: np.ndarray) -> np.ndarray:
 # image folders
 
 
-def _load_imagefolder(path: Path, task: str) -> Dataset:
+def _load_imagefolder(path: Path, task: str, memory_budget: float | None = None,
+                      streaming: str = "never") -> Dataset:
+    """An image folder in memory, or (streaming) as ``LazyImages`` decoded batch by batch."""
     from PIL import Image
 
     class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -315,29 +319,71 @@ def _load_imagefolder(path: Path, task: str) -> Dataset:
     grey = True
     for f, _ in files:
         try:
-            with Image.open(f) as im:
+            with Image.open(f) as im:  # the header only: no pixels are decoded here
                 sizes.append(im.size)
                 grey = grey and im.mode in GREY_MODES
         except Exception as exc:
             raise DatasetError(f"dataset.uri: cannot read image {f}: {exc}") from exc
     size = Counter(sizes).most_common(1)[0][0]  # ties: the first seen, in sorted order
-    mode = "L" if grey else "RGB"
-
     channels = 1 if grey else 3
-    X = np.empty((len(files), channels, size[1], size[0]), dtype=np.float32)
-    for i, (f, _) in enumerate(files):
-        with Image.open(f) as im:
-            img = im.convert(mode)
-            if img.size != size:
-                img = img.resize(size, Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
-        X[i] = arr[None, :, :] if grey else arr.transpose(2, 0, 1)
+    lazy = LazyImages(tuple(str(f) for f, _ in files), channels, size[1], size[0])
+    stream = streaming == "always" or (
+        streaming == "auto" and memory_budget is not None and lazy.nbytes > memory_budget)
+    X: np.ndarray | LazyImages = lazy if stream else np.asarray(lazy)
     labels = np.array([label for _, label in files], dtype=np.int64)
     class_names = [d.name for d in class_dirs]
     y, resolved, _ = _resolve_task(labels, task)
     # every class folder is non-empty, so the indices are 0..K-1 in folder order
     classes = class_names if resolved == "classification" else []
-    return Dataset(X, y, resolved, "image", image_feature_names(X.shape[1:]), classes, path.name)
+    return Dataset(X, y, resolved, "image",  # type: ignore[arg-type]
+                   image_feature_names((channels, size[1], size[0])), classes, path.name)
+
+
+class LazyImages:
+    """Image files standing in for their (N, C, H, W) float32 array, decoded only on demand:
+    indexing with an array of rows gives another LazyImages (splits never decode), an int or
+    ``np.asarray`` decodes. What the streaming path of the trainer reads batch by batch."""
+
+    def __init__(self, files: tuple[str, ...], channels: int, height: int, width: int) -> None:
+        self.files = files
+        self.shape = (len(files), channels, height, width)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 4
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * 4
+
+    def decode(self, i: int) -> np.ndarray:
+        from PIL import Image
+
+        _, channels, height, width = self.shape
+        with Image.open(self.files[i]) as im:
+            img = im.convert("L" if channels == 1 else "RGB")
+            if img.size != (width, height):
+                img = img.resize((width, height), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+        return arr[None, :, :] if channels == 1 else arr.transpose(2, 0, 1)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, int | np.integer):
+            return self.decode(int(index))
+        rows = np.arange(len(self.files))[index]
+        return LazyImages(tuple(self.files[int(i)] for i in rows), *self.shape[1:])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.empty(self.shape, dtype=np.float32)
+        for i in range(len(self.files)):
+            out[i] = self.decode(i)
+        return out if dtype is None else out.astype(dtype)
+
+
+def decoded(X: Any) -> np.ndarray:
+    """The rows as an array (decoding LazyImages)."""
+    return X if isinstance(X, np.ndarray) else np.asarray(X)
 
 
 # ---------------------------------------------------------------------------------------------

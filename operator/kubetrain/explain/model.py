@@ -19,6 +19,7 @@ from torch import nn
 
 from ..api.spec import DatasetSpec, ModelSpec
 from ..data import Standardizer, load_dataset, split_dataset
+from ..data.datasets import decoded
 from ..models import build_model
 
 
@@ -203,9 +204,9 @@ def select_data(trained: TrainedModel, dataset_spec: DatasetSpec, *, samples: in
     n_s = min(samples, len(X_s))
     if n_s == 0:
         raise ExplainError("no rows to explain: the test and validation splits are empty")
-    raw = np.ascontiguousarray(X_s[:n_s], dtype=np.float32)
+    raw = np.ascontiguousarray(decoded(X_s[:n_s]), dtype=np.float32)
     return ExplainData(
-        background=trained.standardizer.transform(X_train[bg_pos]),
+        background=trained.standardizer.transform(decoded(X_train[bg_pos])),
         samples=trained.standardizer.transform(raw),
         samples_raw=raw,
         sample_indices=splits.indices[split_name][:n_s],

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..api import load_training_job
-from ..api.quantity import parse_cpu
+from ..api.quantity import parse_cpu, parse_memory_gib
 from ..api.spec import TrainingJobSpec
 from ..augment import AugmentationError, AugmentationSpecError, check_augmentation
 from ..augment.store import augmented_training_rows
@@ -32,6 +32,7 @@ from ..data import (
     load_dataset,
     split_dataset,
 )
+from ..data.datasets import LazyImages, decoded
 from ..findings.overfitting import analyze_overfitting
 from ..models import ModelError, build_model
 from ..pipeline.params import apply_params
@@ -39,7 +40,7 @@ from ..report import Reporter, default_result_path, refuse, write_json_atomic
 from . import checkpoint as ckpt
 from .args import add_common_arguments
 from .distributed import DistContext, init_distributed, shutdown
-from .trainer import EpochCallback, TensorSplit, Trainer
+from .trainer import EpochCallback, Split, StreamingSplit, TensorSplit, Trainer
 
 MODEL_FILE = "model.pt"
 HISTORY_FILE = "history.json"
@@ -72,6 +73,33 @@ def _set_threads(spec: TrainingJobSpec) -> None:
         return
     res = spec.training.resources
     torch.set_num_threads(max(1, int(parse_cpu(res.cpu) // res.workers_per_node)))
+
+
+STREAM_FRACTION = 0.5
+"""streaming: auto streams an image folder whose decoded pixels exceed this share of the unit's
+memory per worker (the rest is the model, the optimizer and the runtime)."""
+SCALER_SAMPLE = 4096
+"""Rows the input scaling is fitted on when the images are streamed (all rows otherwise)."""
+
+
+def memory_budget(spec: TrainingJobSpec) -> float:
+    """Bytes a training worker may spend on the decoded dataset before it streams."""
+    res = spec.training.resources
+    return parse_memory_gib(res.memory) * 2**30 / res.workers_per_node * STREAM_FRACTION
+
+
+def loader_workers(spec: TrainingJobSpec) -> int:
+    """DataLoader worker processes per training worker when streaming: its CPU share, 1 to 4."""
+    res = spec.training.resources
+    return max(1, min(4, int(parse_cpu(res.cpu) // res.workers_per_node)))
+
+
+def _sample(X: Any, seed: int) -> np.ndarray:
+    """All rows in memory, or a seeded sample of streamed ones (decoded)."""
+    if not isinstance(X, LazyImages) or len(X) <= SCALER_SAMPLE:
+        return decoded(X)
+    rows = np.sort(np.random.default_rng(seed).choice(len(X), SCALER_SAMPLE, replace=False))
+    return decoded(X[rows])
 
 
 def result_path(args: argparse.Namespace) -> Path:
@@ -108,10 +136,12 @@ class TrainingData:
     augmented: int
 
 
-def training_data(spec: TrainingJobSpec, args: argparse.Namespace) -> TrainingData:
-    """The rows of one training unit, the same for the built-in trainer and a custom program."""
+def training_data(spec: TrainingJobSpec, args: argparse.Namespace,
+                  memory_budget: float | None = None) -> TrainingData:
+    """The rows of one training unit, the same for the built-in trainer and a custom program.
+    With a ``memory_budget`` an image folder too large for it stays on disk (streamed)."""
     dataset = load_dataset(spec.dataset, base_dir=args.base_dir, data_root=args.data_root,
-                           storage=args.storage)
+                           storage=args.storage, memory_budget=memory_budget)
     if args.fold is not None:
         folds = spec.training.cross_validation.folds if spec.training.cross_validation else 0
         if not 0 <= args.fold < folds:
@@ -120,6 +150,11 @@ def training_data(spec: TrainingJobSpec, args: argparse.Namespace) -> TrainingDa
     else:
         splits = split_dataset(dataset, spec.dataset)
     train_rows, augmented = splits.train, 0
+    if spec.augmentation.enabled and isinstance(dataset.X, LazyImages):
+        raise SpecProblem("spec.dataset.streaming: the images are streamed from disk (they "
+                          "would not fit the training unit's memory) and augmentation needs "
+                          "them in memory; set augmentation.enabled: false, or raise "
+                          "training.resources.memory")
     if spec.augmentation.enabled:
         try:
             check_augmentation(spec, dataset)
@@ -139,19 +174,27 @@ def training_data(spec: TrainingJobSpec, args: argparse.Namespace) -> TrainingDa
 def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, unit_dir: Path,
            reporter: Reporter, on_epoch: EpochCallback | None) -> dict[str, Any]:
     started = time.time()
-    data = training_data(spec, args)
+    data = training_data(spec, args, memory_budget(spec))
     dataset, splits, train_rows, augmented = (data.dataset, data.splits, data.train_rows,
                                               data.augmented)
     # The scaler and the target scale are fit on the original training rows, not augmented ones.
-    scaler = Standardizer().fit(splits.train[0])
+    scaler = Standardizer().fit(_sample(splits.train[0], spec.dataset.seed))
     target_mean, target_std = 0.0, 1.0
     if dataset.task == "regression":
         target_mean = float(splits.train[1].mean())
         target_std = float(splits.train[1].std()) or 1.0
 
-    def prepare(part: tuple[np.ndarray, np.ndarray]) -> TensorSplit:
+    def prepare(part: tuple[Any, np.ndarray]) -> Split:
         X, y = part
         y = (y - target_mean) / target_std if dataset.task == "regression" else y
+        if isinstance(X, LazyImages):
+            shape = (-1, 1, 1)
+            return StreamingSplit(X, torch.from_numpy(y.astype(np.int64) if dataset.task ==
+                                                      "classification" else
+                                                      y.astype(np.float32).reshape(-1, 1)),
+                                  torch.from_numpy(scaler.mean).reshape(shape),
+                                  torch.from_numpy(scaler.std).reshape(shape), ctx.device,
+                                  loader_workers(spec))
         return _to_tensors(scaler.transform(X), y, dataset.task, ctx.device,
                            ctx.device.type == "cuda")
 
@@ -162,7 +205,7 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
     reporter.event(
         "start", unit=args.unit, world_size=ctx.world_size, device=str(ctx.device),
         dataset=dataset.name, task=dataset.task, train=len(train), val=len(val), test=len(test),
-        augmented=augmented,
+        augmented=augmented, streamed=isinstance(train, StreamingSplit),
         parameters=sum(p.numel() for p in model.parameters()),
         epochs=args.epochs or spec.training.epochs,
     )
@@ -196,6 +239,7 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
         "resumed_from_epoch": fit.resumed_from_epoch,
         "restored_best": fit.restored_best,
         "samples_per_second": round(fit.samples_per_second, 1),
+        "streamed": isinstance(train, StreamingSplit),
         "world_size": ctx.world_size,
         "device": ctx.device.type,
         "seconds": round(time.time() - started, 3),

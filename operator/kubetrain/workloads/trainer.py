@@ -11,7 +11,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -36,11 +36,72 @@ EpochCallback = Callable[[dict[str, float]], bool]
 
 @dataclass
 class TensorSplit:
+    """A split as whole tensors on the device: batches are index lookups, no copies."""
+
     X: torch.Tensor
     y: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
+
+    @property
+    def ndim(self) -> int:
+        return int(self.X.dim())
+
+    def batches(self, indices: torch.Tensor,
+                size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        indices = indices.to(self.X.device)
+        for begin in range(0, len(indices), size):
+            batch = indices[begin:begin + size]
+            yield self.X[batch], self.y[batch]
+
+
+class _Rows(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, images: Any, y: torch.Tensor, mean: torch.Tensor,
+                 std: torch.Tensor) -> None:
+        self.images, self.y, self.mean, self.std = images, y, mean, std
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (torch.from_numpy(self.images.decode(i)) - self.mean) / self.std
+        return x, self.y[i]
+
+
+@dataclass
+class StreamingSplit:
+    """A split read from disk batch by batch: DataLoader worker processes decode and scale
+    the images, pinned memory and non-blocking copies on a GPU. For data larger than memory."""
+
+    images: Any
+    """``data.datasets.LazyImages``: the files, decoded on demand."""
+    y: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    device: torch.device
+    workers: int = 2
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def ndim(self) -> int:
+        return 4
+
+    def batches(self, indices: torch.Tensor,
+                size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = indices.cpu().tolist()
+        sampler = [order[begin:begin + size] for begin in range(0, len(order), size)]
+        cuda = self.device.type == "cuda"
+        loader = torch.utils.data.DataLoader(
+            _Rows(self.images, self.y, self.mean, self.std), batch_sampler=sampler,
+            num_workers=self.workers, pin_memory=cuda, prefetch_factor=4 if self.workers else None)
+        for xb, yb in loader:
+            yield xb.to(self.device, non_blocking=cuda), yb.to(self.device, non_blocking=cuda)
+
+
+Split = TensorSplit | StreamingSplit
 
 
 @dataclass
@@ -110,8 +171,8 @@ class Trainer:
         spec: TrainingJobSpec,
         model: nn.Module,
         task: str,
-        train: TensorSplit,
-        val: TensorSplit,
+        train: Split,
+        val: Split,
         ctx: DistContext,
         reporter: Reporter,
         checkpoint_dir: Path,
@@ -132,7 +193,7 @@ class Trainer:
         self.val = val
         self.model = model.to(ctx.device)
         self.use_cuda = ctx.device.type == "cuda"
-        if self.use_cuda and train.X.dim() == 4:
+        if self.use_cuda and train.ndim == 4:
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.ddp: nn.Module = (
             DistributedDataParallel(
@@ -146,7 +207,7 @@ class Trainer:
         image_aug = spec.augmentation.image
         # mixup / CutMix at training time; None (the plain loss below) when they are off.
         self.mixer: BatchMixer | None = batch_mixer(
-            image_aug.mixup, image_aug.cutmix, task, train.X.dim(), spec.dataset.seed,
+            image_aug.mixup, image_aug.cutmix, task, train.ndim, spec.dataset.seed,
         ) if spec.augmentation.enabled and image_aug is not None else None
         self.optimizer = self._make_optimizer()
         self.local_batch = max(1, self.cfg.batch_size // ctx.world_size)
@@ -206,10 +267,8 @@ class Trainer:
             self.mixer.start_epoch(epoch, self.ctx.rank)
         loss_sum = torch.zeros((), device=self.ctx.device)
         start = time.perf_counter()
-        for begin in range(0, len(indices), self.local_batch):
-            batch = indices[begin : begin + self.local_batch]
-            xb, yb = self.train.X[batch], self.train.y[batch]
-            if self.task == "classification" and len(batch) == 1 and self._has_batchnorm():
+        for xb, yb in self.train.batches(indices, self.local_batch):
+            if self.task == "classification" and len(yb) == 1 and self._has_batchnorm():
                 continue  # BatchNorm cannot train on one example
             self._set_lr()
             with self._autocast():
@@ -221,7 +280,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            loss_sum += loss.detach().float() * len(batch)
+            loss_sum += loss.detach().float() * len(yb)
             self.step += 1
         totals = torch.stack([loss_sum, torch.tensor(float(len(indices)), device=self.ctx.device)])
         all_reduce_sum(totals, self.ctx)
@@ -234,19 +293,17 @@ class Trainer:
         return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
 
     @torch.no_grad()
-    def evaluate(self, split: TensorSplit, prefix: str) -> dict[str, float]:
+    def evaluate(self, split: Split, prefix: str) -> dict[str, float]:
         """Loss and accuracy (or RMSE) over the split, each rank a slice, summed across ranks."""
         self.model.eval()
-        part = slice(self.ctx.rank, None, self.ctx.world_size)
-        X, y = split.X[part], split.y[part]
+        rows = torch.arange(self.ctx.rank, len(split), self.ctx.world_size)
         loss_sum = torch.zeros((), device=self.ctx.device)
         loss_sq = torch.zeros((), device=self.ctx.device)
         extra = torch.zeros((), device=self.ctx.device)
         batch = max(self.local_batch, 1024)
         per_example = nn.CrossEntropyLoss(reduction="none") if self.task == "classification" \
             else nn.MSELoss(reduction="none")
-        for begin in range(0, X.shape[0], batch):
-            xb, yb = X[begin : begin + batch], y[begin : begin + batch]
+        for xb, yb in split.batches(rows, batch):
             with self._autocast():
                 out = self.model(xb).float()
             losses = per_example(out, yb).reshape(-1)
@@ -255,7 +312,7 @@ class Trainer:
             if self.task == "classification":
                 extra += (out.argmax(1) == yb).sum()
         totals = torch.stack([loss_sum, loss_sq, extra,
-                              torch.tensor(float(X.shape[0]), device=self.ctx.device)])
+                              torch.tensor(float(len(rows)), device=self.ctx.device)])
         all_reduce_sum(totals, self.ctx)
         n = max(float(totals[3]), 1.0)
         mean = float(totals[0]) / n
