@@ -152,18 +152,24 @@ def refuse(path: Path | None, problems: list[str]) -> int:
 STOP_FILE_ENV = "KUBETRAIN_STOP_FILE"
 
 
+def _say(event: str, **fields: Any) -> None:
+    """One line of the protocol, from rank 0 only (RANK from torchrun; one process: 0)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(encode_event(event, **fields), flush=True)
+
+
 def epoch(number: int, **metrics: float) -> None:
-    """Report one finished epoch: ``report.epoch(3, train_loss=0.4, val_loss=0.5,
+    """Report one finished epoch (rank 0 reports; other ranks' calls print nothing):
+    ``report.epoch(3, train_loss=0.4, val_loss=0.5,
     val_accuracy=0.9)``. train_loss and val_loss feed the overfitting finding; the monitored
     metric (KUBETRAIN_MONITOR) drives early-stopping bookkeeping, pruning and the sweep."""
-    print(encode_event("epoch", epoch=int(number), **{k: float(v) for k, v in metrics.items()}),
-          flush=True)
+    _say("epoch", epoch=int(number), **{k: float(v) for k, v in metrics.items()})
 
 
 def test(**metrics: float) -> None:
     """Report the final metrics on the test split (names starting with ``test_``)."""
-    print(encode_event("test", **{k if k.startswith("test_") else f"test_{k}": float(v)
-                                  for k, v in metrics.items()}), flush=True)
+    _say("test", **{k if k.startswith("test_") else f"test_{k}": float(v)
+                    for k, v in metrics.items()})
 
 
 def model(path: str | os.PathLike[str], *, epoch: int | None = None) -> None:
@@ -172,12 +178,12 @@ def model(path: str | os.PathLike[str], *, epoch: int | None = None) -> None:
     fields: dict[str, Any] = {"path": str(path)}
     if epoch is not None:
         fields["epoch"] = int(epoch)
-    print(encode_event("model", **fields), flush=True)
+    _say("model", **fields)
 
 
 def checkpoint(number: int, path: str | os.PathLike[str]) -> None:
     """Report a saved checkpoint (shown in the unit's progress)."""
-    print(encode_event("checkpoint", epoch=int(number), path=str(path)), flush=True)
+    _say("checkpoint", epoch=int(number), path=str(path))
 
 
 def should_stop() -> bool:
