@@ -28,7 +28,9 @@ EXAMPLE_IMAGE = WORKER_IMAGE.replace("kubetrain-worker", "kubetrain-custom-examp
 
 @pytest.fixture
 def example_image(cluster: dict[str, str]) -> str:
-    check_image(EXAMPLE_IMAGE, ["python", "-c", "import pathlib; "
+    # PyTorch and the script, and no kubetrain: the runner is in a container beside it.
+    check_image(EXAMPLE_IMAGE, ["python", "-c", "import importlib.util, pathlib, torch; "
+                                "assert importlib.util.find_spec('kubetrain') is None; "
                                 "assert pathlib.Path('/app/train.py').exists()"],
                 "hack/build-images.sh custom-example")
     return EXAMPLE_IMAGE
@@ -54,11 +56,13 @@ def test_custom_script_example_applied_with_kubectl(namespace: str, operator: An
     assert status["findings"]["cost"]["total"] > 0
     train = status["stages"]["training"]["units"]["train"]["result"]
     assert train["world_size"] == 2 and train["model"].endswith("/train/model.ts")
-    # The training and trial pods ran the user's image; the explanation the worker image.
-    images = {p["metadata"]["labels"]["kubetrain.io/unit"]: p["spec"]["containers"][0]["image"]
+    # The training and trial pods ran the user's image beside the runner (the worker image);
+    # the explanation ran in the worker image alone.
+    images = {p["metadata"]["labels"]["kubetrain.io/unit"]:
+              [c["image"] for c in p["spec"]["containers"]]
               for p in get_json("pods", "-n", namespace)["items"]}
-    assert images["train"] == images["trial-0"] == example_image
-    assert images["explain"] == WORKER_IMAGE
+    assert images["train"] == images["trial-0"] == [WORKER_IMAGE, example_image]
+    assert images["explain"] == [WORKER_IMAGE]
 
 
 def test_deleted_training_pod_restarts_and_the_program_resumes(namespace: str, operator: Any,
