@@ -343,3 +343,45 @@ def test_a_runner_that_never_launches_lets_the_program_container_end(tmp_path: P
                                 "--program-dir", str(folder)))
     assert code == SPEC_PROBLEM_EXIT
     assert launcher.wait(timeout=10) == 0
+
+
+def test_a_torch_export_model_of_a_program_is_explained_on_the_jobs_data(
+        tmp_path: Path) -> None:
+    (tmp_path / "export.py").write_text('''
+import json, os, numpy as np, torch
+from torch import nn
+d = np.load(os.path.join(os.environ["KUBETRAIN_DATA_DIR"], "train.npz"))
+X, y = torch.from_numpy(d["X"]), torch.from_numpy(d["y"]).long()
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+opt = torch.optim.Adam(model.parameters(), lr=0.05)
+for epoch in range(1, 4):
+    for _ in range(30):
+        loss = nn.functional.cross_entropy(model(X), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    print(json.dumps({"kubetrain": 1, "event": "epoch", "epoch": epoch,
+                      "train_loss": loss.item(), "val_loss": loss.item() * 1.01}), flush=True)
+batch = torch.export.Dim("batch")
+program = torch.export.export(model.eval(), (X[:2],), dynamic_shapes=({0: batch},))
+torch.export.save(program, os.path.join(os.environ["KUBETRAIN_MODEL_DIR"], "model.pt2"))
+''')
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({
+        "apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": "export"},
+        "spec": {"dataset": {"builtin": "iris", "seed": 0},
+                 "training": {"command": ["python", "export.py"], "epochs": 3},
+                 "explanation": {"enabled": True, "samples": 10, "background": 20}}}))
+    storage = tmp_path / "storage"
+    code, _, _ = _finish(_start(job, storage))
+    assert code == 0
+    assert Path(_result(storage)["model"]).name == "model.pt2"
+    proc = subprocess.run([sys.executable, "-m", "kubetrain.workloads.explain", "--job", str(job),
+                           "--storage", str(storage)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((storage / "explain" / "result.json").read_text())
+    names = {f["feature"] for f in result["top_features"]}
+    assert names <= {"sepal length (cm)", "sepal width (cm)", "petal length (cm)",
+                     "petal width (cm)"} and len(names) == 4
+    assert result["completeness_error"] < 0.05

@@ -96,7 +96,8 @@ def load_exported_model(path: Path, device: torch.device) -> TrainedModel:
         raise ExplainError(f"cannot load {path} ({type(error).__name__}: {error}); save "
                            "TorchScript with torch.jit.save(torch.jit.script(model)) or "
                            "torch.export.save(torch.export.export(model, (x,)))") from error
-    model.eval()
+    if path.suffix == ".ts":
+        model.eval()  # an exported program is traced in the mode it was exported in
     for param in model.parameters():
         param.requires_grad_(False)
     input_shape = tuple(int(d) for d in meta["input_shape"])
