@@ -124,8 +124,10 @@ def _resources(unit: WorkUnit) -> dict[str, Any]:
     return {"requests": requests, "limits": limits}
 
 
-RUNNER_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
-"""The runner beside a program container: it follows the program, the program does the work."""
+RUNNER_RESOURCES = {"requests": {"memory": "128Mi"}, "limits": {"memory": "1Gi"}}
+"""The runner beside a program container: it follows the program, the program does the work
+and gets the unit's requests. No CPU request: a unit that asks for a whole node's CPUs must
+still fit on that node."""
 
 
 def program_container(job: TrainingJob, unit: WorkUnit) -> bool:

@@ -333,8 +333,8 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
         where.stop_file.unlink(missing_ok=True)
         rows = export_data(spec, args, where.data_dir)
         reporter.event("start", unit=args.unit, command=shlex.join(user_command),
-                       train=rows, epochs=epochs, world_size=int(os.environ.get("WORLD_SIZE",
-                                                                                "1")))
+                       train=rows, epochs=epochs, world_size=int(os.environ.get("WORLD_SIZE")
+                                                      or math.prod(_gang(spec, args.unit))))
     else:
         # The other ranks wait for rank 0's files (they share the storage on one node; on
         # several nodes the storage is a ReadWriteMany claim).
@@ -368,10 +368,15 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
                     unit_dir)
 
 
+def _gang(spec: TrainingJobSpec, unit: str) -> tuple[int, int]:
+    """(nodes, processes per node) of a unit: a trial is one process."""
+    res = spec.training.resources
+    return (1, 1) if unit.startswith("tuning/") else (res.nodes, res.workers_per_node)
+
+
 def _torchrun(spec: TrainingJobSpec, unit: str) -> list[str]:
     """In a program container, torchrun (from the program's PyTorch) starts the ranks."""
-    res = spec.training.resources
-    nodes, nproc = (1, 1) if unit.startswith("tuning/") else (res.nodes, res.workers_per_node)
+    nodes, nproc = _gang(spec, unit)
     if nodes * nproc == 1:
         return []
     # multi-node: torchrun reads PET_NNODES, PET_NODE_RANK, PET_MASTER_* from the environment
@@ -506,7 +511,8 @@ def _summary(spec: TrainingJobSpec, args: argparse.Namespace, state: Run, code: 
         "checkpoint": str(unit_dir / "checkpoints"),
         "exit_code": code,
         "monitor": metric,
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        # Under torchrun here: its WORLD_SIZE; beside a program container, the gang's size.
+        "world_size": int(os.environ.get("WORLD_SIZE") or math.prod(_gang(spec, args.unit))),
     }
     stopped_by_us = state.stop_reason is not None or terminated
     if terminated:
