@@ -184,8 +184,8 @@ def main() -> None:
           f"{'peak RSS':>9} {'peak cg':>8} {'result':>8}")
     for row, n in zip(rows, (args.small, args.small, args.large, args.large), strict=True):
         outcome = "killed" if row["killed"] else ("ok" if row["exit"] == 0 else "failed")
-        print(f"{row['case']:24} {n:>7} {str(row['limit_MiB'] or '-'):>8} "
-              f"{str(row['streamed']):>8} {str(row['samples_per_second']):>10} "
+        print(f"{row['case']:24} {n:>7} {row['limit_MiB'] or '-'!s:>8} "
+              f"{row['streamed']!s:>8} {row['samples_per_second']!s:>10} "
               f"{row['peak_tree_rss_MiB']:>7}Mi {row['peak_cgroup_MiB']:>6}Mi {outcome:>8}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -68,21 +68,23 @@ def test_custom_script_example_applied_with_kubectl(namespace: str, operator: An
 def test_deleted_training_pod_restarts_and_the_program_resumes(namespace: str, operator: Any,
                                                                example_image: str) -> None:
     manifest = _example(tuning={"enabled": False}, explanation={"enabled": False})
-    # Long enough (a minute or two on 2 cores) that the deletion lands mid-training.
-    manifest["spec"]["training"].update(epochs=60, batchSize=8, params={"hidden": 512})
+    # Long enough (about a minute: 0.15 s an epoch) that the deletion lands mid-training.
+    manifest["spec"]["training"].update(epochs=400, batchSize=8, params={"hidden": 512})
     manifest["spec"]["training"]["command"] += ["--patience", "1000"]
     manifest["metadata"]["name"] = "resume"
     apply_job(namespace, manifest)
     seen = wait_for(lambda: (job_status(namespace, "resume").get("training") or {}).get(
         "epoch", 0) >= 3 and job_status(namespace, "resume")["training"]["epoch"], 300,
         "epoch 3 of the custom program", interval=1)
+    pod = get_json("pod", "resume-train-0", "-n", namespace)
+    assert pod["status"]["phase"] == "Running", "training finished before the test deleted it"
     kubectl("delete", "pod", "resume-train-0", "-n", namespace, "--wait=false")
     status = wait_phase(namespace, "resume", ("Succeeded", "Failed"), timeout=600)
     assert status["phase"] == "Succeeded", json.dumps(status)[:3000]
     unit = status["stages"]["training"]["units"]["train"]
     assert unit["attempt"] >= 1  # a lost pod: a new attempt, not a failure
     assert unit["result"]["resumed_from_epoch"] >= seen
-    assert status["training"]["epoch"] == 60
+    assert status["training"]["epoch"] == 400
 
 
 def test_a_failing_program_fails_the_job_with_its_exit_code_and_output(

@@ -385,3 +385,19 @@ torch.export.save(program, os.path.join(os.environ["KUBETRAIN_MODEL_DIR"], "mode
     assert names <= {"sepal length (cm)", "sepal width (cm)", "petal length (cm)",
                      "petal width (cm)"} and len(names) == 4
     assert result["completeness_error"] < 0.05
+
+
+def test_a_failure_under_torchrun_names_the_rank_and_its_code_and_the_programs_lines() -> None:
+    from kubetrain.workloads.script import _program_lines
+
+    lines = ["loading data", "KeyError: label",
+             "W1130 08:33:39.1 48 torch/distributed/elastic/multiprocessing/api.py:900] "
+             "Sending process 49 closing signal SIGTERM",
+             "=" * 60, "python FAILED", "-" * 60, "Failures:", "  <NO_OTHER_FAILURES>",
+             "-" * 60, "Root Cause (first observed failure):", "[0]:",
+             "  time      : 2026-11-30_08:33:39", "  host      : failing-train-0",
+             "  rank      : 1 (local_rank: 1)", "  exitcode  : 5 (pid: 48)",
+             "  error_file: <N/A>", "=" * 60]
+    program, failed = _program_lines(lines)
+    assert program == ["loading data", "KeyError: label"]
+    assert failed == (5, 1)

@@ -46,8 +46,8 @@ from .trainer import OVERFITTING_STOP, EpochCallback
 
 STOP_GRACE_SECONDS = 30.0
 """How long a program asked to stop may take to save its checkpoint before it is killed."""
-TAIL_LINES = 20
-"""Lines of the program's output kept for the failure message."""
+TAIL_LINES = 60
+"""Lines of the program's output kept for the failure message (torchrun's summary included)."""
 MODEL_FILES = ("model.ts", "model.pt2")
 """Where a program saves its model for the explanation stage: TorchScript or torch.export."""
 DATA_FILES = ("train.npz", "val.npz", "test.npz")
@@ -519,9 +519,14 @@ def _summary(spec: TrainingJobSpec, args: argparse.Namespace, state: Run, code: 
         summary["status"] = "terminated"
         summary["stop_reason"] = TERMINATED
     elif code != 0 and not stopped_by_us:
-        tail = "\n".join(state.tail)[-1500:]
+        lines, failed_rank = _program_lines(list(state.tail))
+        if failed_rank is not None:  # torchrun's summary names the rank that failed first
+            code, rank = failed_rank
+        tail = "\n".join(lines)[-1500:]
+        where = f" (rank {rank})" if failed_rank is not None else ""
         summary["status"] = "failed"
-        summary["message"] = f"training.command exited with code {_exit_text(code)}" + (
+        summary["exit_code"] = code
+        summary["message"] = f"training.command exited with code {_exit_text(code)}{where}" + (
             f"; last lines:\n{tail}" if tail else "")
     if history and summary["status"] != "failed":
         delivered = state.model_epoch if state.model_epoch in {h["epoch"] for h in history} \
@@ -534,6 +539,24 @@ def _summary(spec: TrainingJobSpec, args: argparse.Namespace, state: Run, code: 
     write_json_atomic(unit_dir / HISTORY_FILE, history)
     reporter.result(summary)
     return summary
+
+
+TORCHRUN_LOG = re.compile(r"^[EWI]\d{4} .*(torch/distributed|torch\.distributed)")
+TORCHRUN_ROOT_CAUSE = re.compile(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
+
+
+def _program_lines(lines: list[str]) -> tuple[list[str], tuple[int, int] | None]:
+    """The program's own last lines, without torchrun's log and failure summary, and the
+    (exit code, rank) of the rank that failed first when torchrun's summary says it."""
+    failed = None
+    if "Root Cause (first observed failure):" in lines:
+        start = lines.index("Root Cause (first observed failure):")
+        found = TORCHRUN_ROOT_CAUSE.search("\n".join(lines[start:]))
+        if found:
+            failed = (int(found.group(2)), int(found.group(1)))
+    summary = next((i for i, line in enumerate(lines) if set(line) == {"="} and
+                    i + 1 < len(lines) and lines[i + 1].endswith(" FAILED")), len(lines))
+    return [x for x in lines[:summary] if not TORCHRUN_LOG.match(x)], failed
 
 
 def _task(unit_dir: Path) -> str:
