@@ -68,8 +68,8 @@ def test_custom_script_example_applied_with_kubectl(namespace: str, operator: An
 def test_deleted_training_pod_restarts_and_the_program_resumes(namespace: str, operator: Any,
                                                                example_image: str) -> None:
     manifest = _example(tuning={"enabled": False}, explanation={"enabled": False})
-    # Long enough (about a minute: 0.15 s an epoch) that the deletion lands mid-training.
-    manifest["spec"]["training"].update(epochs=400, batchSize=8, params={"hidden": 512})
+    # Long enough (about a minute: 1 s an epoch on 2 cores) to be deleted mid-training.
+    manifest["spec"]["training"].update(epochs=60, batchSize=8, params={"hidden": 512})
     manifest["spec"]["training"]["command"] += ["--patience", "1000"]
     manifest["metadata"]["name"] = "resume"
     apply_job(namespace, manifest)
@@ -84,7 +84,7 @@ def test_deleted_training_pod_restarts_and_the_program_resumes(namespace: str, o
     unit = status["stages"]["training"]["units"]["train"]
     assert unit["attempt"] >= 1  # a lost pod: a new attempt, not a failure
     assert unit["result"]["resumed_from_epoch"] >= seen
-    assert status["training"]["epoch"] == 400
+    assert status["training"]["epoch"] == 60
 
 
 def test_a_failing_program_fails_the_job_with_its_exit_code_and_output(

@@ -85,7 +85,9 @@ def observe(namespace: str, name: str, running_units: list[str]) -> Observed:
 
 def _latest_event(namespace: str, pod: str) -> dict[str, Any] | None:
     try:
-        text = kube.core().read_namespaced_pod_log(pod, namespace, tail_lines=40)
+        # "worker": the unit's own container (a program container beside it prints no events)
+        text = kube.core().read_namespaced_pod_log(pod, namespace, container="worker",
+                                                   tail_lines=40)
     except ApiException:
         return None
     latest = None
