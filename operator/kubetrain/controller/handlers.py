@@ -86,8 +86,10 @@ def observe(namespace: str, name: str, running_units: list[str]) -> Observed:
 def _latest_event(namespace: str, pod: str) -> dict[str, Any] | None:
     try:
         # "worker": the unit's own container (a program container beside it prints no events)
-        text = kube.core().read_namespaced_pod_log(pod, namespace, container="worker",
-                                                   tail_lines=40)
+        # The raw body, decoded here: some client versions hand back str(bytes) ("b'...'").
+        response = kube.core().read_namespaced_pod_log(pod, namespace, container="worker",
+                                                       tail_lines=40, _preload_content=False)
+        text = response.data.decode("utf-8", errors="replace")
     except ApiException:
         return None
     latest = None
