@@ -401,3 +401,51 @@ def test_a_failure_under_torchrun_names_the_rank_and_its_code_and_the_programs_l
     program, failed = _program_lines(lines)
     assert program == ["loading data", "KeyError: label"]
     assert failed == (5, 1)
+
+
+def _program_of_rank(rank: int, marker: str) -> int | None:
+    """The pid of the test program running as a torchrun rank (from /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # The program itself (python prog.py ...), not its runner (python -m ...script).
+        if len(cmdline) > 1 and cmdline[1].endswith(marker.encode()) and \
+                f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_rank_restarts_the_gang_and_the_program_resumes(tmp_path: Path) -> None:
+    # Two processes (torchrun); the program of rank 1 is SIGKILLed mid-run: the gang fails,
+    # the engine starts the unit again as a new attempt, and the program resumes from its
+    # checkpoint (its history continues).
+    losses = [[1.0 / e, 1.05 / e] for e in range(1, 16)]
+    job = _job(tmp_path, losses, "slow", training={"resources": {"nprocPerNode": 2}},
+               runPolicy={"backoffLimit": 2})
+    out = tmp_path / "status.yaml"
+    storage = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "kubetrain.cli", "run", str(job),
+                             "--storage", str(storage), "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    history = storage / "train" / "history.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if history.exists() and len(json.loads(history.read_text() or "[]")) >= 3:
+            break
+        time.sleep(0.2)
+    victim = _program_of_rank(1, "prog.py")
+    assert victim is not None, "no program of rank 1 running"
+    os.kill(victim, signal.SIGKILL)
+    assert proc.wait(timeout=300) == 0
+    status = yaml.safe_load(out.read_text())["status"]
+    unit = status["stages"]["training"]["units"]["train"]
+    assert status["phase"] == "Succeeded"
+    assert unit["restarts"] == 1 and unit["attempt"] == 1
+    assert unit["result"]["resumed_from_epoch"] >= 3
+    assert [h["epoch"] for h in json.loads(history.read_text())] == list(range(1, 16))

@@ -94,12 +94,25 @@ def loader_workers(spec: TrainingJobSpec) -> int:
     return max(1, min(4, int(parse_cpu(res.cpu) // res.workers_per_node)))
 
 
-def _sample(X: Any, seed: int) -> np.ndarray:
-    """All rows in memory, or a seeded sample of streamed ones (decoded)."""
-    if not isinstance(X, LazyImages) or len(X) <= SCALER_SAMPLE:
-        return decoded(X)
-    rows = np.sort(np.random.default_rng(seed).choice(len(X), SCALER_SAMPLE, replace=False))
-    return decoded(X[rows])
+def fit_scaler(X: Any, seed: int) -> Standardizer:
+    """The input scaling from the training rows: all of them in memory; for streamed images,
+    per-channel moments of a seeded sample, decoded a chunk at a time (never the whole sample
+    at once: that would be the memory streaming saves)."""
+    if not isinstance(X, LazyImages):
+        return Standardizer().fit(X)
+    n = min(len(X), SCALER_SAMPLE)
+    rows = np.sort(np.random.default_rng(seed).choice(len(X), n, replace=False))
+    channels = X.shape[1]
+    total, squares, count = np.zeros(channels), np.zeros(channels), 0
+    for begin in range(0, n, 256):
+        chunk = decoded(X[rows[begin:begin + 256]]).astype(np.float64)
+        total += chunk.sum(axis=(0, 2, 3))
+        squares += (chunk * chunk).sum(axis=(0, 2, 3))
+        count += chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+    std = np.where(std < Standardizer.MIN_STD, 1.0, std)
+    return Standardizer(mean=mean.astype(np.float32), std=std.astype(np.float32))
 
 
 def result_path(args: argparse.Namespace) -> Path:
@@ -178,7 +191,7 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
     dataset, splits, train_rows, augmented = (data.dataset, data.splits, data.train_rows,
                                               data.augmented)
     # The scaler and the target scale are fit on the original training rows, not augmented ones.
-    scaler = Standardizer().fit(_sample(splits.train[0], spec.dataset.seed))
+    scaler = fit_scaler(splits.train[0], spec.dataset.seed)
     target_mean, target_std = 0.0, 1.0
     if dataset.task == "regression":
         target_mean = float(splits.train[1].mean())
@@ -194,7 +207,8 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
                                                       y.astype(np.float32).reshape(-1, 1)),
                                   torch.from_numpy(scaler.mean).reshape(shape),
                                   torch.from_numpy(scaler.std).reshape(shape), ctx.device,
-                                  loader_workers(spec))
+                                  loader_workers(spec),
+                                  max(1, spec.training.batch_size // ctx.world_size))
         return _to_tensors(scaler.transform(X), y, dataset.task, ctx.device,
                            ctx.device.type == "cuda")
 

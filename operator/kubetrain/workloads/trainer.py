@@ -81,6 +81,9 @@ class StreamingSplit:
     std: torch.Tensor
     device: torch.device
     workers: int = 2
+    max_batch: int = 128
+    """Evaluation asks for big batches (1024) of small in-memory rows; decoded images at that
+    size, and the activations of a conv net on them, are what streaming must not hold."""
 
     def __len__(self) -> int:
         return len(self.images)
@@ -92,11 +95,12 @@ class StreamingSplit:
     def batches(self, indices: torch.Tensor,
                 size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = indices.cpu().tolist()
+        size = min(size, self.max_batch)
         sampler = [order[begin:begin + size] for begin in range(0, len(order), size)]
         cuda = self.device.type == "cuda"
         loader = torch.utils.data.DataLoader(
             _Rows(self.images, self.y, self.mean, self.std), batch_sampler=sampler,
-            num_workers=self.workers, pin_memory=cuda, prefetch_factor=4 if self.workers else None)
+            num_workers=self.workers, pin_memory=cuda, prefetch_factor=2 if self.workers else None)
         for xb, yb in loader:
             yield xb.to(self.device, non_blocking=cuda), yb.to(self.device, non_blocking=cuda)
 
