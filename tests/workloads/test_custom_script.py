@@ -38,7 +38,8 @@ for epoch in range(start, len(losses) + 1):
     train, val = losses[epoch - 1]
     print(json.dumps({"kubetrain": 1, "event": "epoch", "epoch": epoch, "train_loss": train,
                       "val_loss": val}), flush=True)
-    mark.write_text(str(epoch))
+    if os.environ.get("RANK", "0") == "0":  # rank 0 saves, as DDP programs do
+        mark.write_text(str(epoch))
     if mode == "fail" and epoch == 2:
         print("Traceback (most recent call last):")
         print("RuntimeError: boom at epoch 2", flush=True)

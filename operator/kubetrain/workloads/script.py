@@ -50,7 +50,6 @@ TAIL_LINES = 60
 """Lines of the program's output kept for the failure message (torchrun's summary included)."""
 MODEL_FILES = ("model.ts", "model.pt2")
 """Where a program saves its model for the explanation stage: TorchScript or torch.export."""
-DATA_FILES = ("train.npz", "val.npz", "test.npz")
 PRUNED = "pruned"
 TERMINATED = "terminated by signal"
 
@@ -149,7 +148,8 @@ def export_data(spec: TrainingJobSpec, args: argparse.Namespace, data_dir: Path)
         "task": ds.task, "kind": ds.kind, "input_shape": list(ds.input_shape),
         "num_outputs": ds.num_outputs, "class_names": ds.class_names,
         "feature_names": ds.feature_names, "augmented": data.augmented,
-        "rows": {name[:-4]: len(y) for name, (_, y) in parts.items()}})
+        "rows": {name[:-4]: len(y) for name, (_, y) in parts.items()},
+        "run": os.environ.get("TORCHELASTIC_RUN_ID")})
     return len(data.train_rows[1])
 
 
@@ -337,8 +337,9 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
                                                       or math.prod(_gang(spec, args.unit))))
     else:
         # The other ranks wait for rank 0's files (they share the storage on one node; on
-        # several nodes the storage is a ReadWriteMany claim).
-        _wait_for([where.data_dir / name for name in DATA_FILES])
+        # several nodes the storage is a ReadWriteMany claim): this launch's, not an earlier
+        # attempt's (torchrun gives each launch its own run id).
+        _wait_for_data(where.data_dir)
     program: Program
     if program_dir is not None:  # another container of this pod runs it
         program = ContainerProgram(command, {**env, "PYTHONUNBUFFERED": "1",
@@ -389,11 +390,18 @@ def _rank_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("PET_")}
 
 
-def _wait_for(paths: list[Path], timeout: float = 600) -> None:
+def _wait_for_data(data_dir: Path, timeout: float = 600) -> None:
+    run = os.environ.get("TORCHELASTIC_RUN_ID")
     deadline = time.time() + timeout
-    while not all(p.exists() for p in paths):
+    while True:
+        try:
+            meta = json.loads((data_dir / "meta.json").read_text())
+            if run is None or meta.get("run") == run:
+                return
+        except (OSError, json.JSONDecodeError):
+            pass
         if time.time() > deadline:
-            raise SystemExit(f"error: rank 0 never wrote {paths[0].parent}")
+            raise SystemExit(f"error: rank 0 never wrote {data_dir}")
         time.sleep(0.2)
 
 
