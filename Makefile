@@ -10,6 +10,9 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	# A current pip first: older resolvers (23.x) backtrack for many minutes through ray and
+	# kornia versions on this set of packages; a current one settles at once.
+	$(BIN)/pip install --quiet --upgrade "pip>=25"
 	# The CPU build first and pinned: an unpinned torch pulled in by a dependency is a
 	# multi-GB CUDA download.
 	$(BIN)/pip install --quiet torch==2.13.0
