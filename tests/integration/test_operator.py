@@ -73,7 +73,8 @@ def test_small_job_succeeds_with_findings_columns_and_events(namespace: str,
 
 INVALID = [
     ({"dataset": {"uri": "data/train.csv", "target": "label"}}, "spec.dataset.uri"),
-    ({"training": {"command": ["python", "train.py"]}}, "spec.training.command"),
+    # a command beside the built-in model: one or the other
+    ({"training": {"command": ["python", "train.py"]}}, "spec.model: remove it"),
     ({"model": {"entrypoint": "mypkg.nets:build"}}, "spec.image"),
     ({"tuning": {"enabled": True, "searchSpace": {"learningRate": {
         "type": "float", "low": 0.1, "high": 0.01}}}}, "spec.tuning.searchSpace.learningRate"),
