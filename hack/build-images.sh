@@ -235,4 +235,8 @@ cleanup() { [ ${#CONTEXTS[@]} -eq 0 ] || rm -rf "${CONTEXTS[@]}"; }
 trap cleanup EXIT
 T0=$SECONDS
 for t in "${TARGETS[@]}"; do build_one "$t"; done
+# Each rebuild leaves the previous image untagged in buildah's storage (2.5 GB for the worker);
+# enough of them push the disk over the kubelet's image-GC threshold (85 %), and it then
+# deletes the cluster's kubetrain images (ErrImageNeverPull in the tests).
+buildah rmi --prune >/dev/null 2>&1 || true
 log "done in $((SECONDS - T0))s"
