@@ -21,14 +21,20 @@ def _node_address() -> str:
                     if a["type"] == "InternalIP"))
 
 
-def test_s3_example_fetches_once_with_keys_from_a_secret(namespace: str, operator: Any,
-                                                         s3_server: S3Server) -> None:
+def _example_with_keys(namespace: str, s3_server: S3Server) -> dict[str, Any]:
+    """The S3 example, its keys in the Secret it names, its endpoint the node's address."""
     kubectl("create", "secret", "generic", "s3-credentials", "-n", namespace,
             f"--from-literal=AWS_ACCESS_KEY_ID={s3_server.access_key}",
             f"--from-literal=AWS_SECRET_ACCESS_KEY={s3_server.secret_key}")
     manifest: dict[str, Any] = yaml.safe_load(Path(REPO / "examples" / "s3" / "job.yaml")
                                               .read_text())
     manifest["spec"]["dataset"]["endpoint"] = s3_server.endpoint(_node_address())
+    return manifest
+
+
+def test_s3_example_fetches_once_with_keys_from_a_secret(namespace: str, operator: Any,
+                                                         s3_server: S3Server) -> None:
+    manifest = _example_with_keys(namespace, s3_server)
     apply_job(namespace, manifest)
     status = wait_phase(namespace, "s3-digits", ("Succeeded", "Failed"), timeout=400)
     assert status["phase"] == "Succeeded", json.dumps(status)[:3000]
@@ -59,12 +65,7 @@ def test_s3_example_fetches_once_with_keys_from_a_secret(namespace: str, operato
 
 def test_missing_s3_object_fails_the_job_as_data_unavailable(namespace: str, operator: Any,
                                                              s3_server: S3Server) -> None:
-    kubectl("create", "secret", "generic", "s3-credentials", "-n", namespace,
-            f"--from-literal=AWS_ACCESS_KEY_ID={s3_server.access_key}",
-            f"--from-literal=AWS_SECRET_ACCESS_KEY={s3_server.secret_key}")
-    manifest: dict[str, Any] = yaml.safe_load(Path(REPO / "examples" / "s3" / "job.yaml")
-                                              .read_text())
-    manifest["spec"]["dataset"]["endpoint"] = s3_server.endpoint(_node_address())
+    manifest = _example_with_keys(namespace, s3_server)
     manifest["spec"]["dataset"]["uri"] = "s3://kubetrain-examples/missing.npz"
     apply_job(namespace, manifest)
     status = wait_phase(namespace, "s3-digits", ("Succeeded", "Failed"), timeout=300)

@@ -13,19 +13,17 @@ The public contract is in docs/custom-script.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import re
 import shlex
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -38,14 +36,13 @@ from ..api.metrics import is_maximized, monitored_metric
 from ..api.spec import PLACEHOLDER, TrainingJobSpec
 from ..data import DatasetError
 from ..findings.overfitting import analyze_overfitting, should_stop_for_overfitting
-from ..launcher import EXIT_CODE_FILE, LAUNCH_FILE, OUTPUT_FIFO, PID_FILE, cancel
+from ..launcher import cancel
 from ..pipeline.params import apply_params, program_params
 from ..report import Reporter, parse_event, refuse, write_json_atomic
+from .program import ChildProgram, ContainerProgram, Program
 from .train import HISTORY_FILE, SpecProblem, parse_args, result_path, training_data
 from .trainer import OVERFITTING_STOP, EpochCallback
 
-STOP_GRACE_SECONDS = 30.0
-"""How long a program asked to stop may take to save its checkpoint before it is killed."""
 TAIL_LINES = 60
 """Lines of the program's output kept for the failure message (torchrun's summary included)."""
 MODEL_FILES = ("model.ts", "model.pt2")
@@ -176,124 +173,6 @@ class Run:
     resumed_from: int | None = None
     stop_reason: str | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
-
-
-class Program:
-    """The user's program: its output line by line, a stop request, its exit code."""
-
-    def __init__(self, stop_file: Path) -> None:
-        self.stop_file = stop_file
-        self.stop_requested = False
-
-    def lines(self) -> Iterator[str]:
-        raise NotImplementedError
-
-    def wait(self) -> int:
-        raise NotImplementedError
-
-    def signal(self, signum: int) -> None:
-        raise NotImplementedError
-
-    def alive(self) -> bool:
-        raise NotImplementedError
-
-    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """Ask the program to end (stop file, then SIGTERM); SIGKILL after ``grace`` seconds."""
-        if self.stop_requested:
-            return
-        self.stop_requested = True
-        self.stop_file.parent.mkdir(parents=True, exist_ok=True)
-        self.stop_file.touch()
-        self.signal(signal.SIGTERM)
-
-        def kill_later() -> None:
-            deadline = time.time() + grace
-            while self.alive() and time.time() < deadline:
-                time.sleep(0.2)
-            if self.alive():
-                self.signal(signal.SIGKILL)
-        threading.Thread(target=kill_later, daemon=True).start()
-
-
-class ChildProgram(Program):
-    """The program as this process's child (locally, and in a pod of an image with kubetrain)."""
-
-    def __init__(self, command: list[str], env: dict[str, str], cwd: Path,
-                 stop_file: Path) -> None:
-        super().__init__(stop_file)
-        self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                     errors="replace")
-
-    def lines(self) -> Iterator[str]:
-        assert self.proc.stdout is not None
-        yield from self.proc.stdout
-
-    def wait(self) -> int:
-        return self.proc.wait()
-
-    def signal(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signum)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-
-class ContainerProgram(Program):
-    """The program in another container of this pod (an image without kubetrain), reached
-    through a shared folder: a launch file it sources, a FIFO for its output, its pid (the pod
-    shares one process namespace) and its exit code."""
-
-    def __init__(self, command: list[str], env: dict[str, str], folder: Path,
-                 stop_file: Path) -> None:
-        super().__init__(stop_file)
-        self.folder = folder
-        for name in (OUTPUT_FIFO, PID_FILE, EXIT_CODE_FILE, LAUNCH_FILE):
-            (folder / name).unlink(missing_ok=True)
-        os.mkfifo(folder / OUTPUT_FIFO)
-        exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
-        launch = folder / f".{LAUNCH_FILE}"
-        launch.write_text(f"{exports}set -- {shlex.join(command)}\n")
-        os.replace(launch, folder / LAUNCH_FILE)
-        self.pid: int | None = None
-
-    def lines(self) -> Iterator[str]:
-        # Opening blocks until the program's side opens the FIFO; EOF when it exits.
-        with (self.folder / OUTPUT_FIFO).open(errors="replace") as output:
-            yield from output
-
-    def _pid(self) -> int | None:
-        if self.pid is None:
-            with contextlib.suppress(OSError, ValueError):
-                self.pid = int((self.folder / PID_FILE).read_text())
-        return self.pid
-
-    def wait(self) -> int:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            with contextlib.suppress(OSError, ValueError):
-                return int((self.folder / EXIT_CODE_FILE).read_text())
-            time.sleep(0.2)
-        return 137  # the program container went away without an exit code (killed)
-
-    def signal(self, signum: int) -> None:
-        pid = self._pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signum)
-
-    def alive(self) -> bool:
-        pid = self._pid()
-        if pid is None:
-            return not (self.folder / EXIT_CODE_FILE).exists()
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
 
 
 def _resolve_program(command: list[str]) -> list[str]:
