@@ -1,5 +1,6 @@
 """A generated image folder: N RGB PNGs of SIZE x SIZE in 10 class folders, learnable (each class
-a colour and a stripe direction, with noise). Used by bench/streaming.py and the tests.
+a colour and a stripe direction, with noise), and the same images as npz shards. Used by
+bench/streaming.py and the tests.
 
     python bench/imagefolder.py DIR [--images 20000] [--size 64]
 """
@@ -33,6 +34,27 @@ def generate(folder: Path, images: int, size: int = 64, seed: int = 0) -> Path:
         img = (np.clip(pixels, 0, 1) * 255).astype(np.uint8)
         Image.fromarray(img).save(folder / f"class{c}" / f"{i:06d}.png", compress_level=1)
     return folder
+
+
+def to_shards(folder: Path, out: Path, per_shard: int = 1000) -> Path:
+    """The folder's images as uint8 (N, H, W, 3) arrays in .npz shards of ``per_shard`` rows,
+    in a seeded random order (as a sharded dataset is written), labels from the class folders;
+    skipped when ``out`` holds them already."""
+    from PIL import Image
+
+    files = sorted(folder.rglob("*.png"))
+    count = -(-len(files) // per_shard)
+    if out.exists() and len(list(out.glob("*.npz"))) == count:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    order = np.random.default_rng(0).permutation(len(files))
+    classes = sorted({f.parent.name for f in files})
+    for k in range(count):
+        chosen = [files[i] for i in order[k * per_shard:(k + 1) * per_shard]]
+        X = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in chosen])
+        y = np.array([classes.index(f.parent.name) for f in chosen])
+        np.savez(out / f"part-{k:05d}.npz", X=X, y=y)
+    return out
 
 
 if __name__ == "__main__":

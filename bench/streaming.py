@@ -10,7 +10,10 @@ cgroup (cgroup v1 or v2; root): the cgroup's limit is the unit's memory limit, a
 - streamed, larger than the limit: 20,000 images (decoded: 983 MB) with `streaming: auto` and
   `training.resources.memory` = the cgroup limit (768 MiB): auto picks streaming;
 - in-memory, larger than the limit: the same 20,000 with `streaming: never` under the same
-  limit: the kernel kills it.
+  limit: the kernel kills it;
+- shards, larger than the limit: the same 20,000 images as uint8 arrays in 20 `.npz` shards
+  (`format: shards`, bench/imagefolder.py's `to_shards`) with `streaming: auto` under the
+  same limit: read a shard at a time, no PNG decoding.
 
 Peak memory: the cgroup's own peak (`memory.max_usage_in_bytes` / `memory.peak`: resident
 memory of the whole process tree plus the page cache of the files read) and the largest sum of
@@ -37,7 +40,8 @@ from typing import Any
 import yaml
 
 HERE = Path(__file__).resolve().parent
-generate = runpy.run_path(str(HERE / "imagefolder.py"))["generate"]
+_folders = runpy.run_path(str(HERE / "imagefolder.py"))
+generate, to_shards = _folders["generate"], _folders["to_shards"]
 MiB = 2**20
 
 
@@ -98,13 +102,13 @@ def _tree_rss(pid: int) -> int:
 
 
 def run_case(name: str, images: Path, streaming: str, limit: int | None, epochs: int,
-             work: Path) -> dict[str, Any]:
+             work: Path, fmt: str = "imagefolder") -> dict[str, Any]:
     memory = f"{limit // MiB}Mi" if limit else "8Gi"
     job = work / f"{name}.yaml"
     job.write_text(yaml.safe_dump({
         "apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
         "metadata": {"name": name},
-        "spec": {"dataset": {"uri": str(images), "format": "imagefolder",
+        "spec": {"dataset": {"uri": str(images), "format": fmt,
                              "streaming": streaming, "seed": 0},
                  "model": {"builtin": "cnn", "params": {"channels": [16, 32],
                                                         "hiddenUnits": 64}},
@@ -160,10 +164,12 @@ def main() -> None:
     parser.add_argument("--limit-mib", type=int, default=768)
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "kt-bench")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--only", nargs="*", default=None, help="run only these cases")
     args = parser.parse_args()
     t0 = time.time()
     small = generate(args.data / f"images-{args.small}", args.small)
     large = generate(args.data / f"images-{args.large}", args.large)
+    shards = to_shards(large, args.data / f"shards-{args.large}", per_shard=1000)
     print(f"generated folders in {time.time() - t0:.0f}s; decoded: "
           f"{args.small * 3 * 64 * 64 * 4 / MiB:.0f} MiB and "
           f"{args.large * 3 * 64 * 64 * 4 / MiB:.0f} MiB", flush=True)
@@ -171,18 +177,22 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name, images, streaming, cap in (
-                ("in-memory-fits", small, "never", None),
-                ("streamed-same-data", small, "always", None),
-                ("streamed-over-limit", large, "auto", limit),
-                ("in-memory-over-limit", large, "never", limit)):
-            row = run_case(name, images, streaming, cap, args.epochs, work)
+        cases = [("in-memory-fits", small, "never", None, "imagefolder"),
+                 ("streamed-same-data", small, "always", None, "imagefolder"),
+                 ("streamed-over-limit", large, "auto", limit, "imagefolder"),
+                 ("in-memory-over-limit", large, "never", limit, "imagefolder"),
+                 ("shards-over-limit", shards, "auto", limit, "shards")]
+        cases = [c for c in cases if not args.only or c[0] in args.only]
+        for name, images, streaming, cap, fmt in cases:
+            row = run_case(name, images, streaming, cap, args.epochs, work, fmt)
             rows.append(row)
             print(json.dumps(row), flush=True)
     print()
     print(f"{'case':24} {'images':>7} {'limit':>8} {'streamed':>8} {'samples/s':>10} "
           f"{'peak RSS':>9} {'peak cg':>8} {'result':>8}")
-    for row, n in zip(rows, (args.small, args.small, args.large, args.large), strict=True):
+    sizes = {"in-memory-fits": args.small, "streamed-same-data": args.small}
+    for row in rows:
+        n = sizes.get(row["case"], args.large)
         outcome = "killed" if row["killed"] else ("ok" if row["exit"] == 0 else "failed")
         print(f"{row['case']:24} {n:>7} {row['limit_MiB'] or '-'!s:>8} "
               f"{row['streamed']!s:>8} {row['samples_per_second']!s:>10} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -263,6 +264,90 @@ def test_imagefolder_empty_class(tmp_path: Path) -> None:
     (folder / "green").mkdir()
     with pytest.raises(DatasetError, match=r"^dataset\.uri: class folder 'green'"):
         load_dataset(DatasetSpec(uri=str(folder), format="imagefolder"))
+
+
+# ---------------------------------------------------------------------------------------------
+# shards
+
+
+def _shards(folder: Path, X: np.ndarray, y: np.ndarray, sizes: list[int]) -> Path:
+    folder.mkdir(parents=True)
+    begin = 0
+    for k, n in enumerate(sizes):
+        np.savez(folder / f"part-{k:03d}.npz", X=X[begin:begin + n], y=y[begin:begin + n])
+        begin += n
+    return folder
+
+
+def test_shards_in_memory_are_the_concatenation(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(50, 4)).astype(np.float32), rng.integers(0, 3, 50)
+    folder = _shards(tmp_path / "parts", X, y, [20, 5, 25])
+    (folder / "README.txt").write_text("not a shard")
+    ds = load_dataset(DatasetSpec(uri="parts", format="shards", streaming="never"),
+                      base_dir=tmp_path)
+    assert isinstance(ds.X, np.ndarray) and ds.kind == "tabular" and ds.task == "classification"
+    np.testing.assert_array_equal(ds.X, X)
+    np.testing.assert_array_equal(ds.y, y)
+    assert ds.feature_names == ["x0", "x1", "x2", "x3"]
+
+
+def test_streamed_shards_read_the_same_rows_a_shard_at_a_time(tmp_path: Path) -> None:
+    from kubetrain.data.datasets import LazyShards
+
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, size=(30, 6, 5, 3), dtype=np.uint8)  # channels last
+    y = np.arange(30) % 2
+    _shards(tmp_path / "imgs", pixels, y, [10, 10, 10])
+    ds = load_dataset(DatasetSpec(uri=str(tmp_path / "imgs"), format="shards",
+                                  streaming="always"))
+    assert isinstance(ds.X, LazyShards) and ds.kind == "image"
+    assert ds.X.shape == (30, 3, 6, 5) and ds.input_shape == (3, 6, 5)
+    expected = pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255
+    np.testing.assert_allclose(np.asarray(ds.X), expected)
+    part = ds.X[np.array([25, 3, 14, 4])]  # a split: still lazy, rows in the order asked
+    assert isinstance(part, LazyShards)
+    np.testing.assert_allclose(part.take([0, 1, 2, 3]), expected[[25, 3, 14, 4]])
+    np.testing.assert_allclose(part[2], expected[14])
+    # An epoch's order grouped by shard, in the order the shards first appear; a permutation.
+    order = [int(i) for i in np.random.default_rng(2).permutation(30)]
+    grouped = ds.X.locality_order(order)
+    assert sorted(grouped) == list(range(30))
+    shard_runs = [k for k, _ in itertools.groupby(ds.X.shard_of[grouped].tolist())]
+    assert shard_runs == list(dict.fromkeys(ds.X.shard_of[order].tolist()))
+    assert [i for i in order if i < 10] == [i for i in grouped if i < 10]
+
+
+def test_shards_auto_streams_only_over_the_memory_budget(tmp_path: Path) -> None:
+    X = np.zeros((40, 8), dtype=np.float32)  # 1,280 bytes as float32
+    _shards(tmp_path / "p", X, np.arange(40) % 2, [20, 20])
+    spec = DatasetSpec(uri=str(tmp_path / "p"), format="shards")
+    assert isinstance(load_dataset(spec, memory_budget=2000).X, np.ndarray)
+    assert not isinstance(load_dataset(spec, memory_budget=1000).X, np.ndarray)
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("empty", r"holds no \.npz files"),
+    ("file", r"needs a folder of \.npz files"),
+    ("mismatch", r"shard part-001\.npz has rows of shape \(5,\).*all shards must match"),
+    ("no_y", r"shard part-000\.npz has no array 'y'"),
+    ("short_y", r"one value per row of X \(4\)"),
+])
+def test_bad_shards_name_the_field(tmp_path: Path, case: str, message: str) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    if case == "file":
+        folder = tmp_path / "one.npz"
+        np.savez(folder, X=np.zeros((4, 2)), y=np.zeros(4))
+    elif case == "mismatch":
+        np.savez(folder / "part-000.npz", X=np.zeros((4, 3)), y=np.zeros(4))
+        np.savez(folder / "part-001.npz", X=np.zeros((4, 5)), y=np.zeros(4))
+    elif case == "no_y":
+        np.savez(folder / "part-000.npz", X=np.zeros((4, 3)))
+    elif case == "short_y":
+        np.savez(folder / "part-000.npz", X=np.zeros((4, 3)), y=np.zeros(3))
+    with pytest.raises(DatasetError, match=r"^dataset\.uri: .*" + message):
+        load_dataset(DatasetSpec(uri=str(folder), format="shards"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,14 +75,17 @@ class DatasetSpec(ApiModel):
     """A dataset shipped inside scikit-learn (no download). diabetes is a regression set."""
     uri: str | None = Field(default=None, min_length=1)
     """A file or folder: a path (relative to the manifest), pvc://claim/path on Kubernetes,
-    s3://bucket/key (a prefix ending in / for an imagefolder) or https://host/file. Remote data
-    is fetched once per version (ETag) into the job's storage by the data stage."""
+    s3://bucket/key (a prefix ending in / for an imagefolder or shards) or
+    https://host/file. Remote data is fetched once per version (ETag) into the job's storage
+    by the data stage."""
     endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/.*)?$")
     """S3-compatible endpoint URL for s3:// URIs (MinIO, Ceph, ...); default: AWS S3."""
     credentials: DatasetCredentials | None = None
-    format: Literal["npz", "csv", "parquet", "imagefolder"] | None = None
+    format: Literal["npz", "csv", "parquet", "imagefolder", "shards"] | None = None
     """File format of uri: npz (arrays X and y), csv or parquet (one column is the target),
-    imagefolder (one subfolder per class). Inferred from the file extension when unset."""
+    imagefolder (one subfolder per class), shards (a folder of .npz files, each with X and y of
+    the same row shape and dtype, read in name order). Inferred from the file extension when
+    unset; a folder needs it."""
     target: str | None = None
     """Name of the target column for csv and parquet."""
     task: Literal["auto", "classification", "regression"] = "auto"
@@ -96,9 +99,10 @@ class DatasetSpec(ApiModel):
     seed: int = Field(default=0, ge=0)
     """Seed of the splits, the initial weights and the data order."""
     streaming: Literal["auto", "always", "never"] = "auto"
-    """imagefolder only: read images from disk batch by batch (DataLoader workers) instead of
-    decoding them all into memory. auto: when the decoded images would take more than half of
-    the training unit's memory (training.resources.memory / nprocPerNode)."""
+    """imagefolder and shards only: read rows from disk batch by batch (DataLoader workers; a
+    shard at a time, in a shard-grouped order) instead of holding them all in memory. auto: when
+    the decoded rows would take more than half of the training unit's memory
+    (training.resources.memory / nprocPerNode)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
@@ -113,7 +117,7 @@ class DatasetSpec(ApiModel):
                 raise FieldProblem(
                     "format",
                     "required when `uri` has no known extension; "
-                    "allowed: npz, csv, parquet, imagefolder",
+                    "allowed: npz, csv, parquet, imagefolder, shards",
                 )
             if fmt in ("csv", "parquet") and not self.target:
                 raise FieldProblem("target", f"required for format {fmt}: the label column's name")
@@ -139,6 +143,11 @@ class DatasetSpec(ApiModel):
         return is_remote(self.uri)
 
     @property
+    def is_folder(self) -> bool:
+        """The uri names a folder (an s3:// prefix), not a file."""
+        return self.resolved_format in FOLDER_FORMATS
+
+    @property
     def resolved_format(self) -> str | None:
         return self.format or (infer_format(self.uri) if self.uri else None)
 
@@ -152,6 +161,7 @@ class DatasetSpec(ApiModel):
 
 
 REMOTE_SCHEMES = ("s3://", "https://", "http://")
+FOLDER_FORMATS = ("imagefolder", "shards")
 
 
 def is_remote(uri: str | None) -> bool:

@@ -1,4 +1,4 @@
-"""Loading datasets: scikit-learn built-ins, npz, csv, parquet and image folders.
+"""Loading datasets: scikit-learn built-ins, npz, csv, parquet, image folders and npz shards.
 
 Everything here is numpy (plus pandas and PIL for reading files); no torch, so the planner and the
 controller can inspect a dataset without the training stack.
@@ -66,8 +66,9 @@ def load_dataset(
     ``base_dir`` is the manifest's folder (relative ``uri``s are resolved against it);
     ``data_root`` is where pods mount persistent volume claims (``pvc://claim/path``);
     ``storage`` is the job's storage, where the data stage copied an s3:// or https:// uri;
-    ``memory_budget`` (bytes): with ``streaming: auto``, an image folder whose decoded pixels
-    would take more stays on disk (``LazyImages``), read batch by batch by the trainer.
+    ``memory_budget`` (bytes): with ``streaming: auto``, an image folder or a shards folder
+    whose decoded rows would take more stays on disk (``LazyImages``, ``LazyShards``), read
+    batch by batch by the trainer.
     """
     if spec.builtin is not None:
         # A built-in's task is the spec's (BUILTIN_TASKS), not inferred from its target.
@@ -80,6 +81,10 @@ def load_dataset(
     else:
         path = resolve_uri(spec.uri, base_dir=base_dir, data_root=data_root)
     fmt = spec.resolved_format
+    if fmt == "shards":
+        if not path.is_dir():
+            raise DatasetError(f"dataset.uri: shards needs a folder of .npz files: {path}")
+        return _load_shards(path, spec.task, memory_budget, spec.streaming)
     if fmt == "imagefolder":
         if not path.exists():
             raise DatasetError(f"dataset.uri: no such folder: {path}")
@@ -339,23 +344,61 @@ def _load_imagefolder(path: Path, task: str, memory_budget: float | None = None,
                    image_feature_names((channels, size[1], size[0])), classes, path.name)
 
 
-class LazyImages:
-    """Image files standing in for their (N, C, H, W) float32 array, decoded only on demand:
-    indexing with an array of rows gives another LazyImages (splits never decode), an int or
-    ``np.asarray`` decodes. What the streaming path of the trainer reads batch by batch."""
+class LazyRows:
+    """Rows standing in for their (N, ...) float32 array, read only on demand: indexing with an
+    array of rows gives another LazyRows of the same source (splits never read), an int or
+    ``np.asarray`` reads. What the streaming path of the trainer reads batch by batch."""
 
-    def __init__(self, files: tuple[str, ...], channels: int, height: int, width: int) -> None:
-        self.files = files
-        self.shape = (len(files), channels, height, width)
-        self.dtype = np.dtype(np.float32)
-        self.ndim = 4
+    shape: tuple[int, ...]
+    dtype = np.dtype(np.float32)
 
     def __len__(self) -> int:
-        return len(self.files)
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
 
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape)) * 4
+
+    def decode(self, i: int) -> np.ndarray:
+        """Row ``i`` as float32."""
+        return self.take([i])[0]
+
+    def take(self, rows: list[int]) -> np.ndarray:
+        """Rows (positions in this LazyRows) as one float32 array, in the order given."""
+        raise NotImplementedError
+
+    def subset(self, rows: np.ndarray) -> LazyRows:
+        raise NotImplementedError
+
+    def locality_order(self, order: list[int]) -> list[int]:
+        """``order`` rearranged so that rows stored together are read together (the same
+        multiset of rows; deterministic in ``order``). Image files: as given."""
+        return order
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, int | np.integer):
+            return self.decode(int(index))
+        return self.subset(np.arange(len(self))[index])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.empty(self.shape, dtype=np.float32)
+        chunk = max(1, 2**26 // max(1, int(np.prod(self.shape[1:]))))
+        for begin in range(0, len(self), chunk):
+            out[begin:begin + chunk] = self.take(list(range(begin, min(len(self),
+                                                                       begin + chunk))))
+        return out if dtype is None else out.astype(dtype)
+
+
+class LazyImages(LazyRows):
+    """Image files standing in for their (N, C, H, W) float32 array, decoded one by one."""
+
+    def __init__(self, files: tuple[str, ...], channels: int, height: int, width: int) -> None:
+        self.files = files
+        self.shape = (len(files), channels, height, width)
 
     def decode(self, i: int) -> np.ndarray:
         from PIL import Image
@@ -368,22 +411,166 @@ class LazyImages:
             arr = np.asarray(img, dtype=np.float32) / 255.0
         return arr[None, :, :] if channels == 1 else arr.transpose(2, 0, 1)
 
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, int | np.integer):
-            return self.decode(int(index))
-        rows = np.arange(len(self.files))[index]
+    def take(self, rows: list[int]) -> np.ndarray:
+        out = np.empty((len(rows), *self.shape[1:]), dtype=np.float32)
+        for k, i in enumerate(rows):
+            out[k] = self.decode(i)
+        return out
+
+    def subset(self, rows: np.ndarray) -> LazyImages:
         return LazyImages(tuple(self.files[int(i)] for i in rows), *self.shape[1:])
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = np.empty(self.shape, dtype=np.float32)
-        for i in range(len(self.files)):
-            out[i] = self.decode(i)
-        return out if dtype is None else out.astype(dtype)
+
+class LazyShards(LazyRows):
+    """A folder of ``.npz`` shards standing in for the concatenation of their ``X`` arrays.
+    A shard is the unit of reading: ``take`` loads each shard it needs once (the last one
+    stays cached per process), and ``locality_order`` groups an epoch's rows by shard, so a
+    DataLoader worker reads each shard's ``X`` about once per epoch, not once per row."""
+
+    def __init__(self, shards: tuple[str, ...], shard_of: np.ndarray, offset: np.ndarray,
+                 row_shape: tuple[int, ...], scale: float) -> None:
+        self.shards = shards
+        self.shard_of = shard_of
+        """The shard (index into ``shards``) of each row."""
+        self.offset = offset
+        """Each row's position in its shard."""
+        self.shape = (len(shard_of), *row_shape)
+        self.scale = scale
+        """255 for uint8 shards (pixels to [0, 1]), else 1."""
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # a DataLoader worker starts with no shard
+        return {**self.__dict__, "_cached": None}
+
+    def _shard(self, k: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != k:
+            self._cached = None  # drop the last shard before reading the next
+            with np.load(self.shards[k], allow_pickle=False) as archive:
+                X = np.asarray(archive["X"])
+            self._cached = (k, X)
+        return self._cached[1]
+
+    def take(self, rows: list[int]) -> np.ndarray:
+        out = np.empty((len(rows), *self.shape[1:]), dtype=np.float32)
+        idx = np.asarray(rows, dtype=np.int64)
+        shards = self.shard_of[idx]
+        for k in dict.fromkeys(shards.tolist()):  # shards in order of first use
+            where = np.flatnonzero(shards == k)
+            X = self._shard(k)[self.offset[idx[where]]]
+            out[where] = _as_rows(X, self.shape[1:]) / self.scale
+        return out
+
+    def subset(self, rows: np.ndarray) -> LazyShards:
+        return LazyShards(self.shards, self.shard_of[rows], self.offset[rows], self.shape[1:],
+                          self.scale)
+
+    def locality_order(self, order: list[int]) -> list[int]:
+        """Shards in the order of their first row in ``order``, each shard's rows in their
+        order there: a permutation stays random across and within shards."""
+        shards = self.shard_of[np.asarray(order, dtype=np.int64)]
+        first: dict[int, int] = {}
+        for position, k in enumerate(shards.tolist()):
+            first.setdefault(k, position)
+        rank = np.array([first[k] for k in shards.tolist()])
+        return [order[i] for i in np.argsort(rank, kind="stable")]
+
+
+def _row_layout(stored: tuple[int, ...]) -> tuple[int, ...]:
+    """The row shape kubetrain uses for rows stored as ``stored``: (F,) as is, (H, W) as
+    (1, H, W), channels-last (H, W, C) as (C, H, W) (the same rule as a single npz file)."""
+    if len(stored) == 2:
+        return (1, *stored)
+    if len(stored) == 3 and stored[-1] in (1, 3) and stored[0] not in (1, 3):
+        return (stored[2], stored[0], stored[1])
+    return stored
+
+
+def _as_rows(X: np.ndarray, row_shape: tuple[int, ...]) -> np.ndarray:
+    """A shard's ``X`` rows in kubetrain's layout: (H, W) gets a channel, (H, W, C) -> (C, H, W)."""
+    X = X.astype(np.float32)
+    if X.ndim == 3:
+        X = X[:, None, :, :]
+    if X.ndim == 4 and X.shape[1:] != row_shape:
+        X = X.transpose(0, 3, 1, 2)
+    return X
 
 
 def decoded(X: Any) -> np.ndarray:
     """The rows as an array (decoding LazyImages)."""
     return X if isinstance(X, np.ndarray) else np.asarray(X)
+
+
+# ---------------------------------------------------------------------------------------------
+# shards
+
+
+def _load_shards(path: Path, task: str, memory_budget: float | None = None,
+                 streaming: str = "never") -> Dataset:
+    """A folder of ``.npz`` shards (each with arrays X and y of the same row shape and dtype),
+    in shard-name order: concatenated in memory, or (streaming) as ``LazyShards``. Only each
+    shard's ``y`` and the header of its ``X`` are read here."""
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix == ".npz")
+    if not files:
+        raise DatasetError(f"dataset.uri: shards folder {path} holds no .npz files")
+    labels: list[np.ndarray] = []
+    first: tuple[tuple[int, ...], np.dtype[Any]] | None = None
+    for f in files:
+        shape, dtype, y = _shard_header(f)
+        if first is None:
+            first = (shape[1:], dtype)
+        elif (shape[1:], dtype) != first:
+            raise DatasetError(
+                f"dataset.uri: shard {f.name} has rows of shape {shape[1:]} and dtype {dtype}; "
+                f"the first shard's are {first[0]} and {first[1]}: all shards must match")
+        labels.append(y)
+    assert first is not None
+    row_shape, dtype = first
+    if len(row_shape) not in (1, 2, 3):
+        raise DatasetError(f"dataset.uri: X in the shards of {path} must be (N, F), (N, H, W) or "
+                           f"(N, C, H, W); got rows of shape {row_shape}")
+    if dtype.kind not in "biuf":
+        raise DatasetError(f"dataset.uri: X in the shards of {path} must be numeric, got {dtype}")
+    sizes = [len(y) for y in labels]
+    shard_of = np.repeat(np.arange(len(files), dtype=np.int32), sizes)
+    offset = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes])
+    kubetrain_shape = _row_layout(row_shape)
+    lazy = LazyShards(tuple(str(f) for f in files), shard_of, offset, kubetrain_shape,
+                      255.0 if dtype == np.uint8 else 1.0)
+    stream = streaming == "always" or (
+        streaming == "auto" and memory_budget is not None and lazy.nbytes > memory_budget)
+    X: np.ndarray | LazyShards = lazy if stream else np.asarray(lazy)
+    y, resolved, classes = _resolve_task(np.concatenate(labels), task)
+    kind: Kind = "tabular" if len(kubetrain_shape) == 1 else "image"
+    features = (image_feature_names(kubetrain_shape) if kind == "image"
+                else [f"x{i}" for i in range(kubetrain_shape[0])])
+    return Dataset(X, y, resolved, kind, features, classes, path.name)  # type: ignore[arg-type]
+
+
+def _shard_header(f: Path) -> tuple[tuple[int, ...], np.dtype[Any], np.ndarray]:
+    """A shard's X shape and dtype (from the .npy header, no data read) and its y."""
+    try:
+        with np.load(f, allow_pickle=False) as archive:
+            names = archive.files
+            for key in ("X", "y"):
+                if key not in names:
+                    raise DatasetError(f"dataset.uri: shard {f.name} has no array {key!r}; "
+                                       f"arrays: {', '.join(names) or '(none)'}")
+            with archive.zip.open("X.npy") as member:
+                major, _ = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(member)
+            y = np.asarray(archive["y"])
+    except DatasetError:
+        raise
+    except Exception as exc:  # corrupt file, pickled objects, not a zip
+        raise DatasetError(f"dataset.uri: cannot read shard {f} as npz: {exc}") from exc
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != shape[0]:
+        raise DatasetError(f"dataset.uri: shard {f.name}: y must be 1-D with one value per row "
+                           f"of X ({shape[0]}); got shape {y.shape}")
+    return tuple(shape), np.dtype(dtype), y
 
 
 # ---------------------------------------------------------------------------------------------

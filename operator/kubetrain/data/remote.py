@@ -133,7 +133,7 @@ def fetch(spec: DatasetSpec, storage: Path) -> LocalCopy:
     uri = spec.uri
     assert uri is not None and is_remote(uri)
     started = time.time()
-    folder = spec.resolved_format == "imagefolder"
+    folder = spec.is_folder
     root = storage / REMOTE_DIR
     objects: dict[str, dict[str, Any]] = {}
     for attempt in range(ATTEMPTS):

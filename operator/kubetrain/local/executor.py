@@ -44,7 +44,8 @@ def preflight(job: TrainingJob, base_dir: Path) -> None:
     if spec.dataset.remote:
         return  # the data stage fetches it, then checks that it loads (workloads.fetch)
     try:
-        dataset = load_dataset(spec.dataset, base_dir=base_dir)
+        # No memory budget: a folder that may stream is only looked at here, not read into memory.
+        dataset = load_dataset(spec.dataset, base_dir=base_dir, memory_budget=0)
         if spec.model is not None:  # else training.command builds its own
             build_model(spec.model, dataset.input_shape, dataset.num_outputs,
                         spec.training.dropout)

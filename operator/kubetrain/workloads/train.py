@@ -32,7 +32,7 @@ from ..data import (
     load_dataset,
     split_dataset,
 )
-from ..data.datasets import LazyImages, decoded
+from ..data.datasets import LazyRows
 from ..findings.overfitting import analyze_overfitting
 from ..models import ModelError, build_model
 from ..pipeline.params import apply_params
@@ -76,10 +76,10 @@ def _set_threads(spec: TrainingJobSpec) -> None:
 
 
 STREAM_FRACTION = 0.5
-"""streaming: auto streams an image folder whose decoded pixels exceed this share of the unit's
-memory per worker (the rest is the model, the optimizer and the runtime)."""
+"""streaming: auto streams an image or shards folder whose decoded rows exceed this share of the
+unit's memory per worker (the rest is the model, the optimizer and the runtime)."""
 SCALER_SAMPLE = 4096
-"""Rows the input scaling is fitted on when the images are streamed (all rows otherwise)."""
+"""Rows the input scaling is fitted on when the rows are streamed (all rows otherwise)."""
 
 
 def memory_budget(spec: TrainingJobSpec) -> float:
@@ -95,20 +95,23 @@ def loader_workers(spec: TrainingJobSpec) -> int:
 
 
 def fit_scaler(X: Any, seed: int) -> Standardizer:
-    """The input scaling from the training rows: all of them in memory; for streamed images,
-    per-channel moments of a seeded sample, decoded a chunk at a time (never the whole sample
-    at once: that would be the memory streaming saves)."""
-    if not isinstance(X, LazyImages):
+    """The input scaling from the training rows: all of them in memory; for streamed rows,
+    the moments (per channel for images, per feature for tables) of a seeded sample, read a
+    chunk at a time (never the whole sample at once: that would be the memory streaming saves),
+    in the rows' locality order (a shard at a time)."""
+    if not isinstance(X, LazyRows):
         return Standardizer().fit(X)
     n = min(len(X), SCALER_SAMPLE)
-    rows = np.sort(np.random.default_rng(seed).choice(len(X), n, replace=False))
-    channels = X.shape[1]
-    total, squares, count = np.zeros(channels), np.zeros(channels), 0
+    rows = X.locality_order(sorted(np.random.default_rng(seed).choice(len(X), n,
+                                                                      replace=False).tolist()))
+    axes = (0, 2, 3) if X.ndim == 4 else (0,)
+    width = X.shape[1]
+    total, squares, count = np.zeros(width), np.zeros(width), 0
     for begin in range(0, n, 256):
-        chunk = decoded(X[rows[begin:begin + 256]]).astype(np.float64)
-        total += chunk.sum(axis=(0, 2, 3))
-        squares += (chunk * chunk).sum(axis=(0, 2, 3))
-        count += chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
+        chunk = X.take(rows[begin:begin + 256]).astype(np.float64)
+        total += chunk.sum(axis=axes)
+        squares += (chunk * chunk).sum(axis=axes)
+        count += chunk.size // width
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
     std = np.where(std < Standardizer.MIN_STD, 1.0, std)
@@ -163,8 +166,8 @@ def training_data(spec: TrainingJobSpec, args: argparse.Namespace,
     else:
         splits = split_dataset(dataset, spec.dataset)
     train_rows, augmented = splits.train, 0
-    if spec.augmentation.enabled and isinstance(dataset.X, LazyImages):
-        raise SpecProblem("spec.dataset.streaming: the images are streamed from disk (they "
+    if spec.augmentation.enabled and isinstance(dataset.X, LazyRows):
+        raise SpecProblem("spec.dataset.streaming: the rows are streamed from disk (they "
                           "would not fit the training unit's memory) and augmentation needs "
                           "them in memory; set augmentation.enabled: false, or raise "
                           "training.resources.memory")
@@ -200,8 +203,8 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
     def prepare(part: tuple[Any, np.ndarray]) -> Split:
         X, y = part
         y = (y - target_mean) / target_std if dataset.task == "regression" else y
-        if isinstance(X, LazyImages):
-            shape = (-1, 1, 1)
+        if isinstance(X, LazyRows):
+            shape = (-1, 1, 1) if X.ndim == 4 else (-1,)
             return StreamingSplit(X, torch.from_numpy(y.astype(np.int64) if dataset.task ==
                                                       "classification" else
                                                       y.astype(np.float32).reshape(-1, 1)),

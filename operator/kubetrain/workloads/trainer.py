@@ -57,25 +57,36 @@ class TensorSplit:
 
 
 class _Rows(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    def __init__(self, images: Any, y: torch.Tensor, mean: torch.Tensor,
+    """Scaled rows of a ``LazyRows``; a whole batch is read at once (``__getitems__``), so a
+    shard is read once per batch, not once per row."""
+
+    def __init__(self, rows: Any, y: torch.Tensor, mean: torch.Tensor,
                  std: torch.Tensor) -> None:
-        self.images, self.y, self.mean, self.std = images, y, mean, std
+        self.rows, self.y, self.mean, self.std = rows, y, mean, std
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (torch.from_numpy(self.images.decode(i)) - self.mean) / self.std
+        x = (torch.from_numpy(self.rows.decode(i)) - self.mean) / self.std
         return x, self.y[i]
+
+    def __getitems__(self, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (torch.from_numpy(self.rows.take(batch)) - self.mean) / self.std
+        return x, self.y[batch]
+
+
+def _whole_batch(batch: Any) -> Any:
+    return batch  # __getitems__ made the batch already
 
 
 @dataclass
 class StreamingSplit:
-    """A split read from disk batch by batch: DataLoader worker processes decode and scale
-    the images, pinned memory and non-blocking copies on a GPU. For data larger than memory."""
+    """A split read from disk batch by batch: DataLoader worker processes read and scale the
+    rows, pinned memory and non-blocking copies on a GPU. For data larger than memory."""
 
-    images: Any
-    """``data.datasets.LazyImages``: the files, decoded on demand."""
+    rows: Any
+    """``data.datasets.LazyRows``: image files or npz shards, read on demand."""
     y: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
@@ -86,21 +97,22 @@ class StreamingSplit:
     size, and the activations of a conv net on them, are what streaming must not hold."""
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.rows)
 
     @property
     def ndim(self) -> int:
-        return 4
+        return int(self.rows.ndim)
 
     def batches(self, indices: torch.Tensor,
                 size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = indices.cpu().tolist()
+        order = self.rows.locality_order(indices.cpu().tolist())
         size = min(size, self.max_batch)
         sampler = [order[begin:begin + size] for begin in range(0, len(order), size)]
         cuda = self.device.type == "cuda"
         loader = torch.utils.data.DataLoader(
-            _Rows(self.images, self.y, self.mean, self.std), batch_sampler=sampler,
-            num_workers=self.workers, pin_memory=cuda, prefetch_factor=2 if self.workers else None)
+            _Rows(self.rows, self.y, self.mean, self.std), batch_sampler=sampler,
+            collate_fn=_whole_batch, num_workers=self.workers, pin_memory=cuda,
+            prefetch_factor=2 if self.workers else None)
         for xb, yb in loader:
             yield xb.to(self.device, non_blocking=cuda), yb.to(self.device, non_blocking=cuda)
 
