@@ -144,7 +144,7 @@ def test_the_best_attempt_is_chosen_on_validation_and_ties_keep_the_earlier_one(
                 Outcome((), "none", val(0.86, 0.5)),
                 Outcome((), None, None)]
     assert best_attempt(outcomes, "val_accuracy") == 1
-    assert best_attempt(outcomes[:1] + [Outcome((), "none", val(0.80, 0.9))],
+    assert best_attempt([*outcomes[:1], Outcome((), "none", val(0.80, 0.9))],
                         "val_accuracy") == 0
     rmse = [Outcome((), "overfitting", {"val_rmse": 50.0}),
             Outcome((), "none", {"val_rmse": 45.0})]
