@@ -122,6 +122,8 @@ def test_remediate_example_retrains_and_delivers_the_best_validation_attempt(
     assert model.endswith(f"{chosen['unit']}/model.pt")
     # the explanation stage explains the delivered model
     assert status["stages"]["explanation"]["units"]["explain"]["result"]["model"] == model
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "### Remediation" in report and f"| {best} (delivered) |" in report
 
 
 @pytest.mark.slow
