@@ -48,7 +48,8 @@ GOAL_POINTS = 3.0
 FRACTION = {"digits": 0.1, "breast_cancer": 0.25, "wine": 0.25}
 
 
-def overfitting_job(dataset: str, seed: int, max_attempts: int) -> dict[str, Any]:
+def overfitting_job(dataset: str, seed: int, max_attempts: int,
+                   on: list[str]) -> dict[str, Any]:
     return {
         "apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
         "metadata": {"name": f"overfit-{dataset.replace('_', '-')}-{seed}"},
@@ -61,12 +62,13 @@ def overfitting_job(dataset: str, seed: int, max_attempts: int) -> dict[str, Any
                          "resources": {"cpu": "1", "memory": "1Gi"}},
             "findings": {"overfitting": {
                 "gapThreshold": 0.1, "patience": 3, "warmupEpochs": 5, "action": "remediate",
-                "remediation": {"maxAttempts": max_attempts}}},
+                "remediation": {"maxAttempts": max_attempts, "on": on}}},
         },
     }
 
 
-def regularized_job(dataset: str, seed: int, max_attempts: int) -> dict[str, Any]:
+def regularized_job(dataset: str, seed: int, max_attempts: int,
+                    on: list[str]) -> dict[str, Any]:
     return {
         "apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
         "metadata": {"name": f"regularized-{dataset.replace('_', '-')}-{seed}"},
@@ -82,7 +84,7 @@ def regularized_job(dataset: str, seed: int, max_attempts: int) -> dict[str, Any
                          "resources": {"cpu": "1", "memory": "1Gi"}},
             "findings": {"overfitting": {
                 "gapThreshold": 0.1, "patience": 3, "warmupEpochs": 5, "action": "remediate",
-                "remediation": {"maxAttempts": max_attempts}}},
+                "remediation": {"maxAttempts": max_attempts, "on": on}}},
         },
     }
 
@@ -139,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="+", default=[*TUNED_ON, *HELD_OUT])
     parser.add_argument("--max-attempts", type=int, default=3)
+    parser.add_argument("--on", nargs="+", default=["overfitting"],
+                        choices=["overfitting", "suspected"],
+                        help="the verdicts remediation acts on (remediation.on)")
     parser.add_argument("--skip-regularized", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             if family == "regularized" and args.skip_regularized:
                 continue
             for dataset in args.datasets:
-                rows = [run_job(make(dataset, seed, args.max_attempts), Path(tmp))
+                rows = [run_job(make(dataset, seed, args.max_attempts, args.on), Path(tmp))
                         for seed in args.seeds]
                 for row in rows:
                     print(json.dumps(row), file=sys.stderr)
