@@ -501,3 +501,19 @@ def test_a_program_without_its_own_image_runs_in_the_worker_container() -> None:
     (container,) = pod["spec"]["containers"]
     assert container["command"][:4] == ["python", "-m", "torch.distributed.run", "--standalone"]
     assert "kubetrain.workloads.script" in container["command"]
+
+
+def test_remediation_attempts_are_pods_of_their_own_with_the_attempts_changes() -> None:
+    job = make_job(findings={"overfitting": {"action": "remediate"}})
+    changes = '[{"field": "training.dropout", "before": 0.0, "after": 0.3}]'
+    (pod,) = b.unit_pods(job, unit_of(job, "remediate-2"), 0, SETTINGS,
+                         ("--remediation", changes))
+    command = container(pod)["command"]
+    assert command[:3] == ["python", "-m", "kubetrain.workloads.train"]
+    assert command[command.index("--unit") + 1] == "remediate-2"
+    assert command[command.index("--remediation") + 1] == changes
+    (augment,) = b.unit_pods(job, unit_of(job, "remediate-2-augment"), 0, SETTINGS)
+    command = container(augment)["command"]
+    assert command[:3] == ["python", "-m", "kubetrain.workloads.augment"]
+    assert "--whole" in command and command[command.index("--unit") + 1] == "remediate-2-augment"
+    assert pod["metadata"]["name"] != augment["metadata"]["name"]

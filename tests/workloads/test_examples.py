@@ -22,6 +22,7 @@ def _run_example(name: str, tmp_path: Path) -> dict[str, Any]:
 
 def test_every_example_is_tested() -> None:
     tested = {"digits.yaml", "breast-cancer.yaml", "overfit.yaml", "scarce-digits.yaml",
+              "remediate.yaml",
               # tests/workloads/test_custom_script.py
               "custom-script/job.yaml",
               # tests/workloads/test_remote_data.py, tests/integration/test_remote_data_cluster.py
@@ -89,6 +90,40 @@ def test_overfit_example_is_called_overfitting(tmp_path: Path) -> None:
     types = {c["type"]: c for c in job["status"]["conditions"]}
     assert types["OverfittingDetected"]["status"] == "True"
     assert types["OverfittingDetected"]["reason"] == "OverfittingDetected"
+
+
+@pytest.mark.slow
+def test_remediate_example_retrains_and_delivers_the_best_validation_attempt(
+        tmp_path: Path) -> None:
+    job = _run_example("remediate.yaml", tmp_path)
+    status = job["status"]
+    assert status["phase"] == "Succeeded"
+    finding = status["findings"]["overfitting"]
+    assert finding["verdict"] == "overfitting"
+    remediation = finding["remediation"]
+    attempts = remediation["attempts"]
+    assert remediation["done"] and 2 <= len(attempts) <= 3  # the original and maxAttempts: 2
+    assert attempts[1]["added"] == ["training.earlyStopping", "training.weightDecay",
+                                    "training.dropout"]
+    for attempt in attempts:
+        assert attempt["phase"] == "Succeeded" and attempt["verdict"] in (
+            "none", "suspected", "overfitting")
+        assert {"val_accuracy", "val_loss"} <= set(attempt["validation"])
+        assert "test_accuracy" in attempt["test"] and attempt["cost"] > 0
+    # chosen on validation accuracy (the earlier attempt on a tie), whatever the test says
+    best = max(range(len(attempts)), key=lambda i: (
+        attempts[i]["validation"]["val_accuracy"], -attempts[i]["validation"]["val_loss"], -i))
+    assert remediation["chosen"] == best
+    chosen = attempts[best]
+    assert remediation["testGain"] == pytest.approx(
+        chosen["test"]["test_accuracy"] - attempts[0]["test"]["test_accuracy"], abs=1e-5)
+    assert remediation["cost"] == pytest.approx(sum(a["cost"] for a in attempts[1:]), abs=1e-5)
+    model = status["artifacts"]["model"]
+    assert model.endswith(f"{chosen['unit']}/model.pt")
+    # the explanation stage explains the delivered model
+    assert status["stages"]["explanation"]["units"]["explain"]["result"]["model"] == model
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "### Remediation" in report and f"| {best} (delivered) |" in report
 
 
 @pytest.mark.slow

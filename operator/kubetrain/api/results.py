@@ -75,6 +75,8 @@ class TrainingResult(UnitResult):
     test_metrics: dict[str, float] = Field(default_factory=dict)
     stopped_early: bool = False
     stop_reason: str | None = None
+    restored_best: bool = False
+    """Early stopping restored the best epoch's weights: the delivered model is that epoch's."""
     resumed_from_epoch: int | None = None
     samples_per_second: float | None = None
     seconds_after_best: float | None = None
@@ -128,13 +130,16 @@ class ServiceResult(UnitResult):
 
 
 UnitKind = Literal["fetch", "augment-shard", "augment-merge", "train", "fold", "trial",
-                   "tune-summary", "tune", "study", "explain", "report"]
+                   "tune-summary", "tune", "study", "explain", "report", "remediate",
+                   "remediate-augment"]
 
 RESULT_MODELS: dict[str, type[UnitResult]] = {
     "fetch": FetchResult,
     "augment-shard": AugmentationResult,
     "augment-merge": AugmentationResult,
     "train": TrainingResult,
+    "remediate": TrainingResult,
+    "remediate-augment": AugmentationResult,
     "fold": TrainingResult,
     "trial": TrialResult,
     "tune-summary": TuningResult,

@@ -549,6 +549,22 @@ class ExplanationSpec(ApiModel):
     """Features listed in status."""
 
 
+RemediableVerdict = Literal["overfitting", "suspected"]
+
+
+def _overfitting_only() -> list[RemediableVerdict]:
+    return ["overfitting"]
+
+
+class RemediationSpec(ApiModel):
+    """How findings.overfitting.action: remediate trains again."""
+
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    """Retrainings at most, each a training unit with its own findings and cost."""
+    on: list[RemediableVerdict] = Field(default_factory=_overfitting_only, min_length=1)
+    """The verdicts that start (and continue) remediation; add suspected to act on it too."""
+
+
 class OverfittingSpec(ApiModel):
     """When to call a run overfitting, and what to do about it."""
 
@@ -560,8 +576,25 @@ class OverfittingSpec(ApiModel):
     """Epochs ignored at the start, when losses move fast."""
     min_delta: float = Field(default=0.01, ge=0, le=1)
     """Relative improvement of the validation loss that counts as improving (trend rule)."""
-    action: Literal["none", "stop"] = "none"
-    """stop: end training when overfitting is detected and keep the best checkpoint."""
+    action: Literal["none", "stop", "remediate"] = "none"
+    """stop: end training when overfitting is detected and keep the best checkpoint.
+    remediate: when the final training's verdict is one of remediation.on, train again with
+    the regularization the recommendations name (one change or a small set per attempt, up to
+    remediation.maxAttempts) and deliver the attempt with the best validation metric."""
+    remediation: RemediationSpec | None = None
+    """Settings of action: remediate (defaults when unset)."""
+
+    @model_validator(mode="after")
+    def _remediation_only_with_remediate(self) -> OverfittingSpec:
+        if self.remediation is not None and self.action != "remediate":
+            raise FieldProblem("remediation", f"applies to action: remediate only (action is "
+                               f"{self.action}); set action: remediate or remove it")
+        return self
+
+    @property
+    def remediation_settings(self) -> RemediationSpec:
+        """The remediation settings in force (the defaults when the section is unset)."""
+        return self.remediation or RemediationSpec()
 
 
 class PricesSpec(ApiModel):
@@ -664,6 +697,7 @@ class TrainingJobSpec(ApiModel):
                     f"{metric} needs a {needs} dataset; use {DEFAULT_METRIC} or "
                     f"{headline_metric(task)}",
                 )
+        self._remediation_supported()
         if self.training.cross_validation and self.training.resources.nodes > 1:
             raise FieldProblem(
                 "training.crossValidation",
@@ -685,6 +719,15 @@ class TrainingJobSpec(ApiModel):
             raise FieldProblem(
                 "model", "remove it: with training.command your program builds its own model "
                 "(pass it settings through tuning parameters or the command's arguments)")
+
+    def _remediation_supported(self) -> None:
+        if self.findings.overfitting.action != "remediate":
+            return
+        if self.custom:
+            raise FieldProblem(
+                "findings.overfitting.action", "remediate needs the built-in trainer: it "
+                "changes model and training fields your program (training.command) may not "
+                "read; use action: stop or none with training.command")
 
     def _tunable_names(self) -> None:
         if not self.tuning.enabled:

@@ -192,6 +192,58 @@ class TrainingStatus(StatusModel):
     cross_validation: CrossValidationStatus | None = None
 
 
+class SpecChange(StatusModel):
+    """One spec field a remediation attempt set, with its value before and after."""
+
+    field: str
+    """The field's path in the spec, e.g. training.weightDecay or model.params.hiddenUnits."""
+    before: Any = None
+    after: Any = None
+
+
+class RemediationAttempt(StatusModel):
+    """One training of the remediation: the original (attempt 0) or a retraining."""
+
+    attempt: int
+    unit: str
+    """The work unit that trained it (train, remediate-1, ...)."""
+    changes: list[SpecChange] = Field(default_factory=list)
+    """Every field changed from the original training's spec (the sweep's best parameters
+    applied), this attempt's own additions last."""
+    added: list[str] = Field(default_factory=list)
+    """The fields this attempt changed on top of the attempt it started from."""
+    started_from: int | None = None
+    """The attempt whose settings this one strengthened (the best one so far)."""
+    phase: StagePhase = StagePhase.PENDING
+    verdict: Verdict | None = None
+    validation: dict[str, float] = Field(default_factory=dict)
+    """Validation metrics of the model this attempt delivers (its kept epoch)."""
+    test: dict[str, float] = Field(default_factory=dict)
+    """Test metrics of that model: reported, never used to choose."""
+    test_gain: float | None = None
+    """Headline test metric minus the original's (accuracy: higher is better; rmse: the
+    original's minus this one's, so a positive gain is always better)."""
+    cost: float | None = None
+    """What this attempt's units cost."""
+
+
+class RemediationStatus(StatusModel):
+    """What findings.overfitting.action: remediate did: every attempt and the one kept."""
+
+    metric: str
+    """The validation metric that chose the attempt (the task's headline metric)."""
+    attempts: list[RemediationAttempt] = Field(default_factory=list)
+    chosen: int = 0
+    """The attempt whose model the job delivers (0: the original training)."""
+    test_gain: float | None = None
+    """The chosen attempt's gain over the original on the test split."""
+    cost: float = 0.0
+    """What the retrainings cost together (the original training not included)."""
+    done: bool = False
+    message: str = ""
+    """Why remediation stopped (or what it does now)."""
+
+
 class OverfittingFinding(StatusModel):
     """Whether the model overfits, the evidence, and what to do about it."""
 
@@ -204,6 +256,8 @@ class OverfittingFinding(StatusModel):
     """The rules that fired: gap, trend, diverging, not-decreasing, non-finite."""
     evidence: list[str] = Field(default_factory=list)
     recommendations: list[str] = Field(default_factory=list)
+    remediation: RemediationStatus | None = None
+    """findings.overfitting.action: remediate: the attempts, their findings, metrics, cost."""
 
 
 class StageCost(StatusModel):

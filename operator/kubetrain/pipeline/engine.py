@@ -40,7 +40,7 @@ from . import status as st
 from .actions import Context, Launch, Observation, Seen, Step
 from .costing import job_cost
 from .plan import Plan, Stage, TrialSweep, UnitGroup, WorkUnit
-from .records import UnitRecords
+from .remediating import TOLERATED_FAILURES, RemediationSteps
 
 # A budget stop is final: the trainer checkpoints at the end of its epoch or is killed.
 BUDGET_GRACE_SECONDS = 5
@@ -57,7 +57,7 @@ def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-class _Engine(UnitRecords):
+class _Engine(RemediationSteps):
     # ----- the step -------------------------------------------------------------------------
 
     def run(self) -> Step:
@@ -154,20 +154,27 @@ class _Engine(UnitRecords):
         units = record.units
         if group.sweep is not None:
             members = self._sweep_members(group.sweep, units)
+        elif group.remediation is not None:
+            members, over = self._remediation_members(group.remediation, units)
+            if over:
+                return ""
         else:
             members = list(group.units)
         for unit in (*members, *((group.service,) if group.service else ())):
             state = units.get(unit.name)
-            if state is not None and state.phase == StagePhase.FAILED and unit.kind != "trial":
+            if state is not None and state.phase == StagePhase.FAILED and \
+                    unit.kind != "trial" and unit.kind not in TOLERATED_FAILURES:
                 return state.message or f"{unit.name} failed"
 
         def finished(unit: WorkUnit) -> bool:
             state = units.get(unit.name)
             if state is None:
                 return False
-            # A failed trial is finished (counted, or replaced); any other unit must succeed.
+            # A failed trial is finished (counted, or replaced), a failed remediation attempt
+            # too (remediation ends with the best model so far); other units must succeed.
             return state.phase == StagePhase.SUCCEEDED or (
-                unit.kind == "trial" and StagePhase(state.phase).finished)
+                (unit.kind == "trial" or unit.kind in TOLERATED_FAILURES)
+                and StagePhase(state.phase).finished)
 
         if members and all(finished(u) for u in members):
             return ""
@@ -240,9 +247,15 @@ class _Engine(UnitRecords):
     def _launch(self, unit: WorkUnit, record: UnitStatus) -> None:
         args: tuple[str, ...] = ()
         best = self.status.tuning.best if self.status.tuning else None
-        if unit.stage == "training" and best is not None and best.params:
-            # The best trial's hyperparameters feed the final training (and its folds).
+        if unit.stage == "training" and best is not None and best.params and \
+                unit.kind != "remediate-augment":
+            # The best trial's hyperparameters feed the final training (and its folds), and
+            # remediation starts from them.
             args = ("--params", json.dumps(best.params))
+        args += self._remediation_args(unit)
+        delivered = self._delivered() if unit.stage == "explanation" else None
+        if delivered is not None and delivered.model:
+            args += ("--model", delivered.model)  # explain the model the job delivers
         self.step.launch.append(Launch(unit, record.attempt, args))
         self._launched(record)
         stage = st.stage_status(self.status, unit.stage)
@@ -366,6 +379,7 @@ class _Engine(UnitRecords):
         self.status.findings.cost = job_cost(
             self.plan, self.spec, self.status, train,
             summary if isinstance(summary, TuningResult) else None)
+        self._apply_remediation()  # after the cost: each attempt's cost is in its record
 
     def _over_budget(self) -> bool:
         budget = self.spec.findings.cost.budget
@@ -392,6 +406,10 @@ class _Engine(UnitRecords):
         if isinstance(train, TrainingResult):
             if train.model:
                 artifacts["model"] = train.model
+            delivered = self._delivered()
+            if delivered is not None and delivered.model:
+                artifacts["originalModel"], artifacts["model"] = artifacts.get(
+                    "model", ""), delivered.model
             if train.history:
                 artifacts["history"] = train.history
                 artifacts["lossCurve"] = f"{storage}/loss-curve.png"

@@ -79,6 +79,41 @@ def trial_seed(seed: int, index: int) -> int:
     return seed * 1000 + index
 
 
+REMEDIATE_PREFIX = "remediate-"
+AUGMENT_SUFFIX = "-augment"
+
+
+@dataclass(frozen=True)
+class RemediationLoop:
+    """Retrainings of findings.overfitting.action: remediate, made one at a time as the
+    findings ask: attempt k is ``remediate-k`` (a training unit like ``train``), preceded by
+    ``remediate-k-augment`` when it switches augmentation on."""
+
+    max_attempts: int
+    template: WorkUnit
+    augment: WorkUnit
+
+    def unit(self, attempt: int) -> WorkUnit:
+        name = f"{REMEDIATE_PREFIX}{attempt}"
+        return replace(self.template, name=name, args=("--unit", name, *self.template.args))
+
+    def augment_unit(self, attempt: int) -> WorkUnit:
+        name = f"{REMEDIATE_PREFIX}{attempt}{AUGMENT_SUFFIX}"
+        return replace(self.augment, name=name, args=("--unit", name, *self.augment.args))
+
+    @staticmethod
+    def index(name: str) -> int | None:
+        """The attempt of a remediation unit's name (either unit), None for other units."""
+        rest = name[len(REMEDIATE_PREFIX):].removesuffix(AUGMENT_SUFFIX)
+        return int(rest) if name.startswith(REMEDIATE_PREFIX) and rest.isdigit() else None
+
+    def member(self, name: str) -> WorkUnit | None:
+        attempt = self.index(name)
+        if attempt is None:
+            return None
+        return self.augment_unit(attempt) if name.endswith(AUGMENT_SUFFIX) else self.unit(attempt)
+
+
 @dataclass(frozen=True)
 class UnitGroup:
     """Units that run at once (at most ``limit``), after the group before them."""
@@ -87,6 +122,7 @@ class UnitGroup:
     limit: int = 1
     sweep: TrialSweep | None = None
     service: WorkUnit | None = None
+    remediation: RemediationLoop | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +158,8 @@ class Plan:
             for group in stage.groups:
                 if group.sweep is not None and TrialSweep.index(name) is not None:
                     return group.sweep.unit(TrialSweep.index(name) or 0)
+                if group.remediation is not None and group.remediation.member(name):
+                    return group.remediation.member(name)
                 for unit in (*((group.service,) if group.service else ()), *group.units):
                     if unit.name == name:
                         return unit
@@ -165,7 +203,16 @@ def _training(spec: TrainingJobSpec) -> Stage:
     folds = spec.training.cross_validation.folds if spec.training.cross_validation else 0
     # Folds one after another: each asks for the training stage's whole resources.
     groups = [UnitGroup((unit(f"fold-{i}", "fold", "--fold", str(i)),)) for i in range(folds)]
-    return Stage("training", (*groups, UnitGroup((unit("train", "train"),))))
+    groups.append(UnitGroup((unit("train", "train"),)))
+    overfitting = spec.findings.overfitting
+    if overfitting.action == "remediate":
+        # The template's args get "--unit NAME" in front when an attempt is made.
+        template = replace(unit("remediate", "remediate"), args=())
+        augment = _one_process(spec, "remediate-augment", "training", "remediate-augment",
+                               "kubetrain.workloads.augment", "--whole")
+        groups.append(UnitGroup(remediation=RemediationLoop(
+            overfitting.remediation_settings.max_attempts, template, augment)))
+    return Stage("training", tuple(groups))
 
 
 def _one_process(spec: TrainingJobSpec, name: str, stage: str, kind: UnitKind, module: str,

@@ -124,6 +124,9 @@ class UnitRecords:
         event = seen.progress or {}
         if unit.kind == "train" and event.get("event") == "epoch":
             st.apply_epoch_event(self.status, event)
+        elif unit.kind == "remediate" and event.get("event") == "epoch":
+            self.status.progress = (f"{unit.name}: {int(event['epoch'])}/"
+                                    f"{event.get('epochs') or '?'} epochs")
         elif unit.kind == "tune" and event.get("event") == "trial":
             st.apply_trial_event(self.status, self.spec, event, self.spec.tuning.trials)
 

@@ -26,3 +26,10 @@ def add_common_arguments(parser: argparse.ArgumentParser,
     parser.add_argument("--program-dir", type=Path, default=None,
                         help="training.command runs in another container of this pod (an image "
                              "without kubetrain); talk to it through this shared folder")
+
+
+def add_remediation_argument(parser: argparse.ArgumentParser) -> None:
+    """--remediation: the spec changes of an overfitting remediation attempt (the engine's)."""
+    parser.add_argument("--remediation", default=None,
+                        help="spec changes of a remediation attempt, as JSON "
+                             "([{field, before, after}, ...])")

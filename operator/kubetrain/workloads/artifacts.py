@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only; no display on servers and in pods
 import matplotlib.pyplot as plt
 
 from ..api.resource import TrainingJob
-from ..api.status import TrainingJobStatus
+from ..api.status import RemediationStatus, TrainingJobStatus
 
 
 def plot_loss_curve(history: Sequence[Mapping[str, float]], best_epoch: int | None,
@@ -89,6 +89,25 @@ def _tuning_section(status: TrainingJobStatus, trials: Sequence[Mapping[str, Any
     return lines
 
 
+def _remediation_section(remediation: RemediationStatus) -> list[str]:
+    """The attempts of action: remediate, the delivered one marked."""
+    lines = ["", "### Remediation", "",
+             f"Delivered: attempt {remediation.chosen} (chosen on {remediation.metric}); "
+             f"{remediation.message}", ""]
+    rows = []
+    for a in remediation.attempts:
+        added = ", ".join(f"{c.field}: {c.after}" for c in a.changes if c.field in a.added)
+        rows.append((f"{a.attempt}{' (delivered)' if a.attempt == remediation.chosen else ''}",
+                     added or "-", a.verdict or a.phase,
+                     _fmt(a.validation.get(remediation.metric, float("nan"))),
+                     _fmt(a.test.get("test_" + remediation.metric.removeprefix("val_"),
+                                     float("nan"))),
+                     _fmt(a.test_gain) if a.test_gain is not None else "-",
+                     f"{a.cost:.6f}" if a.cost is not None else "-"))
+    return lines + _table(rows, ["attempt", "added", "verdict", remediation.metric, "test",
+                                 "test gain", "cost"])
+
+
 def _explanation_section(status: TrainingJobStatus, report_dir: Path) -> list[str]:
     explanation = status.findings.explanation
     if explanation is None:
@@ -143,6 +162,8 @@ def write_report(job: TrainingJob, history: Sequence[Mapping[str, float]], path:
         lines += [f"- {e}" for e in over.evidence]
         if over.recommendations:
             lines += ["", "Recommendations:", ""] + [f"- {r}" for r in over.recommendations]
+        if over.remediation:
+            lines += _remediation_section(over.remediation)
     lines += _explanation_section(status, path.parent)
     cost = status.findings.cost
     if cost:

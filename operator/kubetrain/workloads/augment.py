@@ -26,8 +26,9 @@ from ..api.spec import ImageAugmentationSpec, TabularAugmentationSpec, TrainingJ
 from ..augment import AugmentationError, AugmentationSpecError, check_augmentation
 from ..augment import store as st
 from ..data import Dataset, DatasetError, load_dataset, split_dataset
+from ..findings.remediation import apply_changes, changes_from_json
 from ..report import Reporter, default_result_path, refuse, write_json_atomic
-from .args import add_common_arguments
+from .args import add_common_arguments, add_remediation_argument
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="number of shards (default: augmentation.shards)")
     parser.add_argument("--merge", action="store_true",
                         help="check that every shard's part exists and write the manifest")
+    parser.add_argument("--whole", action="store_true",
+                        help="one unit does it all: the only shard, then the merge")
+    add_remediation_argument(parser)
     parser.add_argument("--unit", default=None,
                         help="work unit name (default augment-<shard>, or augment-merge)")
     return parser.parse_args(argv)
@@ -48,13 +52,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the unit in this process; returns the result summary. Raises AugmentationError or
     DatasetError (messages start with the spec field) on settings that cannot work."""
     spec: TrainingJobSpec = load_training_job(args.job).spec
-    shards = args.shards or spec.augmentation.shards
+    if args.remediation:
+        spec = apply_changes(spec, changes_from_json(args.remediation))
+    shards = 1 if args.whole else args.shards or spec.augmentation.shards
     if shards < 1 or not (args.merge or 0 <= args.shard < shards):
         raise AugmentationError(f"--shard {args.shard} is outside 0..{shards - 1} (--shards)")
     unit = args.unit or ("augment-merge" if args.merge else f"augment-{args.shard}")
     result_path = args.result or default_result_path() or args.storage / unit / "result.json"
     reporter = Reporter(result_path)
-    if args.merge:
+    if args.whole:
+        run_shard(spec, args, 0, 1, unit, reporter)
+        summary = merge(spec, args.storage, 1, unit, reporter)
+    elif args.merge:
         summary = merge(spec, args.storage, shards, unit, reporter)
     else:
         summary = run_shard(spec, args, args.shard, shards, unit, reporter)

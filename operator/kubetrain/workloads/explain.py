@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "explain_seconds": round(attribution.seconds, 3),
         "nsamples": attribution.details.get("nsamples"),
         "device": device.type,
+        "model": str(model_path),
         "analysis": str(written.analysis),
         "local": str(written.local),
         "plots": {name: str(path) for name, path in written.plots.items()},

@@ -34,11 +34,12 @@ from ..data import (
 )
 from ..data.datasets import LazyRows
 from ..findings.overfitting import analyze_overfitting
+from ..findings.remediation import apply_changes, changes_from_json
 from ..models import ModelError, build_model
 from ..pipeline.params import apply_params
 from ..report import Reporter, default_result_path, refuse, write_json_atomic
 from . import checkpoint as ckpt
-from .args import add_common_arguments
+from .args import add_common_arguments, add_remediation_argument
 from .distributed import DistContext, init_distributed, shutdown
 from .trainer import EpochCallback, Split, StreamingSplit, TensorSplit, Trainer
 
@@ -54,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fold", type=int, default=None, help="cross-validation fold to train")
     parser.add_argument("--params", default=None, help="hyperparameters as JSON (tuning)")
     parser.add_argument("--epochs", type=int, default=None, help="override training.epochs")
+    add_remediation_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -127,6 +129,8 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
     spec: TrainingJobSpec = job.spec
     if args.params:
         spec = apply_params(spec, json.loads(args.params))
+    if args.remediation:
+        spec = apply_changes(spec, changes_from_json(args.remediation))
     torch.manual_seed(spec.dataset.seed)
     _set_threads(spec)
     ctx: DistContext = init_distributed(use_gpu=spec.training.resources.gpus_per_node > 0)
