@@ -104,3 +104,24 @@ def test_a_failing_program_fails_the_job_with_its_exit_code_and_output(
     message = " ".join(c.get("message", "") for c in status["conditions"]
                        if c["type"] in ("Failed", "TrainingComplete"))
     assert "exited with code 5" in message and "KeyError: label" in message, message
+
+
+def test_a_two_pod_gang_runs_the_program_under_torchrun_in_each_pod(
+        namespace: str, operator: Any, example_image: str) -> None:
+    # Two pods of one process each (the cluster has one node; the pods still meet only over
+    # the network, through the gang's rendezvous, as on two nodes).
+    manifest = _example(tuning={"enabled": False}, explanation={"enabled": False})
+    manifest["metadata"]["name"] = "gang"
+    manifest["spec"]["training"].update(
+        epochs=4, resources={"nodes": 2, "nprocPerNode": 1, "cpu": "500m", "memory": "1Gi"})
+    apply_job(namespace, manifest)
+    status = wait_phase(namespace, "gang", ("Succeeded", "Failed"), timeout=400)
+    assert status["phase"] == "Succeeded", json.dumps(status)[:3000]
+    result = status["stages"]["training"]["units"]["train"]["result"]
+    assert result["world_size"] == 2 and len(result["history"]) == 4
+    for rank in (0, 1):
+        pod = get_json("pod", f"gang-train-{rank}", "-n", namespace)
+        program = next(c for c in pod["spec"]["containers"] if c["name"] == "program")
+        env = {e["name"]: e.get("value") for e in program.get("env") or []}
+        assert program["image"] == example_image
+        assert env["PET_NNODES"] == "2" and env["PET_NODE_RANK"] == str(rank)

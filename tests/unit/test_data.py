@@ -318,6 +318,26 @@ def test_streamed_shards_read_the_same_rows_a_shard_at_a_time(tmp_path: Path) ->
     assert [i for i in order if i < 10] == [i for i in grouped if i < 10]
 
 
+@pytest.mark.parametrize("compressed", [False, True])
+def test_stored_shards_are_memory_mapped_and_compressed_ones_read_whole(
+        tmp_path: Path, compressed: bool) -> None:
+    from kubetrain.data.datasets import _stored_member
+
+    X = np.arange(60, dtype=np.float64).reshape(20, 3)
+    folder = tmp_path / "p"
+    folder.mkdir()
+    save = np.savez_compressed if compressed else np.savez
+    save(folder / "a.npz", X=X[:12], y=np.arange(12) % 2)
+    save(folder / "b.npz", X=X[12:], y=np.arange(8) % 2)
+    mapped = _stored_member(folder / "b.npz", "X.npy")
+    assert (mapped is None) == compressed
+    if mapped is not None:
+        assert isinstance(mapped, np.memmap)
+        np.testing.assert_array_equal(mapped, X[12:])
+    ds = load_dataset(DatasetSpec(uri=str(folder), format="shards", streaming="always"))
+    np.testing.assert_array_equal(ds.X.take([19, 0, 12, 11]), X[[19, 0, 12, 11]])
+
+
 def test_shards_auto_streams_only_over_the_memory_budget(tmp_path: Path) -> None:
     X = np.zeros((40, 8), dtype=np.float32)  # 1,280 bytes as float32
     _shards(tmp_path / "p", X, np.arange(40) % 2, [20, 20])

@@ -423,9 +423,11 @@ class LazyImages(LazyRows):
 
 class LazyShards(LazyRows):
     """A folder of ``.npz`` shards standing in for the concatenation of their ``X`` arrays.
-    A shard is the unit of reading: ``take`` loads each shard it needs once (the last one
-    stays cached per process), and ``locality_order`` groups an epoch's rows by shard, so a
-    DataLoader worker reads each shard's ``X`` about once per epoch, not once per row."""
+    A shard written by ``np.savez`` (stored, not compressed) is memory-mapped, so a batch reads
+    only its rows' pages, through the page cache (which the kernel may reclaim); a compressed
+    one is read whole (``np.savez_compressed``: the last one stays cached per process).
+    ``locality_order`` groups an epoch's rows by shard, so a worker reads one shard at a
+    time."""
 
     def __init__(self, shards: tuple[str, ...], shard_of: np.ndarray, offset: np.ndarray,
                  row_shape: tuple[int, ...], scale: float) -> None:
@@ -445,8 +447,10 @@ class LazyShards(LazyRows):
     def _shard(self, k: int) -> np.ndarray:
         if self._cached is None or self._cached[0] != k:
             self._cached = None  # drop the last shard before reading the next
-            with np.load(self.shards[k], allow_pickle=False) as archive:
-                X = np.asarray(archive["X"])
+            X = _stored_member(Path(self.shards[k]), "X.npy")
+            if X is None:
+                with np.load(self.shards[k], allow_pickle=False) as archive:
+                    X = np.asarray(archive["X"])
             self._cached = (k, X)
         return self._cached[1]
 
@@ -483,6 +487,32 @@ def _row_layout(stored: tuple[int, ...]) -> tuple[int, ...]:
     if len(stored) == 3 and stored[-1] in (1, 3) and stored[0] not in (1, 3):
         return (stored[2], stored[0], stored[1])
     return stored
+
+
+def _stored_member(path: Path, member: str) -> np.ndarray | None:
+    """A read-only memory map of an array stored uncompressed in an npz file (zip members are
+    contiguous then: a local header, the .npy header, the data); None when it is compressed
+    or not mappable (object or Fortran-ordered arrays)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)  # the local file header: its name and extra field lengths at 26
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_length + extra_length)
+        major, _ = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran_order, dtype = read_header(f)
+        start = f.tell()
+    if fortran_order or dtype.hasobject:
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=start, shape=shape)
 
 
 def _as_rows(X: np.ndarray, row_shape: tuple[int, ...]) -> np.ndarray:

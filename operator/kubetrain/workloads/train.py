@@ -41,7 +41,14 @@ from ..report import Reporter, default_result_path, refuse, write_json_atomic
 from . import checkpoint as ckpt
 from .args import add_common_arguments, add_remediation_argument
 from .distributed import DistContext, init_distributed, shutdown
-from .trainer import EpochCallback, Split, StreamingSplit, TensorSplit, Trainer
+from .trainer import (
+    EpochCallback,
+    Split,
+    StreamingSplit,
+    TensorSplit,
+    Trainer,
+    fixed_mmap_threshold,
+)
 
 MODEL_FILE = "model.pt"
 HISTORY_FILE = "history.json"
@@ -170,6 +177,8 @@ def training_data(spec: TrainingJobSpec, args: argparse.Namespace,
     else:
         splits = split_dataset(dataset, spec.dataset)
     train_rows, augmented = splits.train, 0
+    if isinstance(dataset.X, LazyRows):
+        fixed_mmap_threshold()  # before the batches: DataLoader workers fork this heap
     if spec.augmentation.enabled and isinstance(dataset.X, LazyRows):
         raise SpecProblem("spec.dataset.streaming: the rows are streamed from disk (they "
                           "would not fit the training unit's memory) and augmentation needs "

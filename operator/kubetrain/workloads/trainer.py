@@ -7,6 +7,7 @@ every rank takes its slice of one seeded permutation, so no DataLoader and no ho
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import signal
 import threading
@@ -71,13 +72,31 @@ class _Rows(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
         x = (torch.from_numpy(self.rows.decode(i)) - self.mean) / self.std
         return x, self.y[i]
 
-    def __getitems__(self, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, batch: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        # Rows, not one batch tensor: the default collation stacks them straight into shared
+        # memory. A batch tensor made here is moved there on sending, and those copies pile
+        # up in the cgroup (measured: +500 MiB over a 20,000-image epoch).
         x = (torch.from_numpy(self.rows.take(batch)) - self.mean) / self.std
-        return x, self.y[batch]
+        return list(zip(x, self.y[batch], strict=True))
 
 
-def _whole_batch(batch: Any) -> Any:
-    return batch  # __getitems__ made the batch already
+M_MMAP_THRESHOLD = -3
+"""glibc's mallopt parameter: allocations from this size up get pages of their own (mmap)."""
+
+
+def fixed_mmap_threshold(size: int = 2**20) -> None:
+    """Give each allocation of ``size`` bytes or more its own pages, returned on free (glibc;
+    elsewhere nothing). glibc raises this threshold to the largest block freed, so a batch's
+    megabytes come from the heap instead, which a forked DataLoader worker shares with the
+    trainer: reusing it copies the trainer's pages into the worker one by one. Measured on a
+    20,000-image shards epoch: the unit's peak 1,228 MiB with glibc's default, 542 with this
+    (in the trainer and its workers)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, size)
+
+
+def _worker_start(worker: int) -> None:
+    fixed_mmap_threshold()
 
 
 @dataclass
@@ -111,7 +130,7 @@ class StreamingSplit:
         cuda = self.device.type == "cuda"
         loader = torch.utils.data.DataLoader(
             _Rows(self.rows, self.y, self.mean, self.std), batch_sampler=sampler,
-            collate_fn=_whole_batch, num_workers=self.workers, pin_memory=cuda,
+            num_workers=self.workers, worker_init_fn=_worker_start, pin_memory=cuda,
             prefetch_factor=2 if self.workers else None)
         for xb, yb in loader:
             yield xb.to(self.device, non_blocking=cuda), yb.to(self.device, non_blocking=cuda)
