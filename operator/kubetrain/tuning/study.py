@@ -278,13 +278,19 @@ def best_trial(study: optuna.Study, space: Mapping[str, SearchDimension] | None 
 
 
 def importances(study: optuna.Study, complete: int, index: int = 0) -> dict[str, float]:
-    """fANOVA parameter importances for the objective at ``index`` over the complete trials
-    (needs two at least)."""
+    """Parameter importances for the objective at ``index`` over the complete trials (needs
+    two at least)."""
     if complete < 2:
         return {}
+    target = None
+    if len(study.directions) > 1:
+        # A target is read as "smaller is better": turn a maximized objective around.
+        sign = -1.0 if study.directions[index] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        target = lambda t: sign * t.values[index]  # noqa: E731
     try:
-        found = optuna.importance.get_param_importances(
-            study, target=(lambda t: t.values[index]) if len(study.directions) > 1 else None)
+        with warnings.catch_warnings():  # that note about the target's sign: taken care of
+            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator")
+            found = optuna.importance.get_param_importances(study, target=target)
     except (RuntimeError, ValueError):  # e.g. every complete trial has the same params
         return {}
     return {name: round(float(value), 4) for name, value in found.items()}
