@@ -35,7 +35,14 @@ from ..launcher import cancel
 from ..pipeline.costing import trial_cost
 from ..report import EXECUTOR_PID_ENV, SPEC_PROBLEM_EXIT, Reporter, default_result_path
 from ..tuning.space import decode_params, distributions
-from ..tuning.study import TUNING_DIR, load_study, open_storage, state_name, trial_epochs
+from ..tuning.study import (
+    TUNING_DIR,
+    load_study,
+    metric_index,
+    open_storage,
+    state_name,
+    trial_epochs,
+)
 from . import script, train
 from .args import add_common_arguments
 
@@ -240,13 +247,13 @@ def run_trial(spec: TrainingJobSpec, args: argparse.Namespace, study: optuna.Stu
         trial.set_user_attr("error", error[:500])
     frozen = study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
     told = frozen.values or []
-    names = [o.name for o in spec.tuning.objective_list]
-    value = told[names.index(objective.metric)] if told else None
+    value = told[metric_index(spec.tuning)] if told else None
     fields: dict[str, Any] = {"trial": number, "state": state_name(frozen.state),
                               "value": value, "params": params, "epochs_run": epochs_run,
                               "seconds": seconds, "cost": cost}
     if spec.tuning.multi_objective and told:
-        fields["values"] = dict(zip(names, told, strict=True))
+        fields["values"] = dict(zip([o.name for o in spec.tuning.objective_list], told,
+                                    strict=True))
     if summary:
         fields["train_seconds"] = train_seconds(summary)
     if error:
