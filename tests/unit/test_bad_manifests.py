@@ -47,6 +47,15 @@ def tuning(**fields: Any) -> dict[str, Any]:
     return {"enabled": True, "searchSpace": SWEEP, **fields}
 
 
+ACCURACY_AND_COST = [{"name": "val_accuracy"}, {"name": "cost"}]
+
+
+def cost_aware(**fields: Any) -> dict[str, Any]:
+    """A valid multi-objective sweep, with ``fields`` changed."""
+    return tuning(**{"objectives": ACCURACY_AND_COST, "pruner": "none", "sampler": "nsga2",
+                     **fields})
+
+
 # (case, manifest, the exact path of the problem, a hint of what is allowed)
 BAD: list[tuple[str, Any, str, str]] = [
     ("unknown field typo", changed(spec__training__learningrate=0.1),
@@ -153,6 +162,45 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("augmentation scale with one value",
      changed(spec__augmentation={"enabled": True, "image": {"scale": [1.2]}}),
      "spec.augmentation.image.scale", "at least 2"),
+    ("unknown objective",
+     changed(spec__tuning=cost_aware(objectives=[{"name": "val_accuracy"}, {"name": "price"}])),
+     "spec.tuning.objectives[1].name", "'cost' or 'trainSeconds'"),
+    ("objective in the wrong direction",
+     changed(spec__tuning=cost_aware(objectives=[{"name": "val_accuracy"},
+                                                 {"name": "cost", "direction": "maximize"}])),
+     "spec.tuning.objectives[1].direction", "must be minimize for cost"),
+    ("the same objective twice",
+     changed(spec__tuning=cost_aware(objectives=[{"name": "val_accuracy"},
+                                                 {"name": "val_accuracy"}])),
+     "spec.tuning.objectives[1].name", "each objective once"),
+    ("one objective in objectives",
+     changed(spec__tuning=cost_aware(objectives=[{"name": "val_accuracy"}])),
+     "spec.tuning.objectives", "at least 2"),
+    ("objectives without a metric",
+     changed(spec__tuning=cost_aware(objectives=[{"name": "cost"}, {"name": "trainSeconds"}])),
+     "spec.tuning.objectives", "needs a validation metric"),
+    ("objective metric of the other task",
+     changed(spec__tuning=cost_aware(objectives=[{"name": "val_rmse"}, {"name": "cost"}])),
+     "spec.tuning.objectives[0].name", "needs a regression dataset"),
+    ("a pruner with several objectives",
+     changed(spec__tuning=cost_aware(pruner="median")),
+     "spec.tuning.pruner", "set pruner: none"),
+    ("cmaes with several objectives",
+     changed(spec__tuning=cost_aware(sampler="cmaes")),
+     "spec.tuning.sampler", "nsga2, tpe, gp"),
+    ("ray with several objectives",
+     changed(spec__tuning=cost_aware(backend="ray")),
+     "spec.tuning.backend", "use optuna"),
+    ("objective and objectives",
+     changed(spec__tuning=cost_aware(objective={"metric": "val_accuracy",
+                                                "direction": "maximize"})),
+     "spec.tuning.objective", "not both"),
+    ("a selection with one objective",
+     changed(spec__tuning=tuning(selection={"cheapestWithin": 0.01})),
+     "spec.tuning.selection", "needs several objectives"),
+    ("a negative selection tolerance",
+     changed(spec__tuning=cost_aware(selection={"cheapestWithin": -0.01})),
+     "spec.tuning.selection.cheapestWithin", "greater than or equal to 0"),
     ("non-mapping document (a list)", [VALID],
      "(top level)", "YAML mapping"),
     ("non-mapping document (text)", "kind: TrainingJob",
@@ -185,6 +233,26 @@ def test_every_problem_is_reported_at_once() -> None:
     paths = sorted(p.split(":")[0] for p in caught.value.problems)
     assert paths == ["spec.runPolicy.backoffLimit", "spec.training.epochs",
                      "spec.training.optimizer"]
+
+
+def test_a_cost_aware_sweep_parses_and_names_its_metric() -> None:
+    job = parse_training_job(changed(spec__tuning=cost_aware(
+        selection={"cheapestWithin": 0.01},
+        objectives=[{"name": "trainSeconds"}, {"name": "val_accuracy"}, {"name": "cost"}])))
+    tuning_spec = job.spec.tuning
+    assert tuning_spec.multi_objective
+    assert [(o.name, o.resolved_direction) for o in tuning_spec.objective_list] == [
+        ("trainSeconds", "minimize"), ("val_accuracy", "maximize"), ("cost", "minimize")]
+    assert (tuning_spec.metric_objective.metric,
+            tuning_spec.metric_objective.direction) == ("val_accuracy", "maximize")
+    # A written-out job (defaults filled in, the default objective too) parses again.
+    assert parse_training_job(job.to_manifest()) == job
+    # The single-objective form is unchanged: its one objective.
+    single = parse_training_job(changed(spec__tuning=tuning(
+        objective={"metric": "val_accuracy", "direction": "maximize"}))).spec.tuning
+    assert not single.multi_objective
+    assert [(o.name, o.resolved_direction) for o in single.objective_list] == [
+        ("val_accuracy", "maximize")]
 
 
 def test_valid_manifest_parses_and_round_trips() -> None:

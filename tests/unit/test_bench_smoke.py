@@ -41,3 +41,34 @@ def test_quick_run_gives_a_row_per_case(tmp_path: Path, capsys: pytest.CaptureFi
         assert row["ratio"] > 0
     table = capsys.readouterr().out
     assert all(name in table for name in expected)
+
+
+COST_BENCH = BENCH.parent / "tune_cost.py"
+
+
+def test_cost_aware_tuning_bench_runs_both_arms_and_compares_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("kubetrain_bench_tune_cost", COST_BENCH)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    out = tmp_path / "bench.json"
+    try:
+        assert bench.main(["--datasets", "iris", "--seeds", "0", "--trials", "3",
+                           "--json", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the benchmark sets it process-wide
+    figures = json.loads(out.read_text())
+    rows = {r["arm"]: r for r in figures["results"]}
+    assert set(rows) == set(bench.ARMS) == {"single", "cost-aware", "cost-nsga2"}
+    for row in rows.values():
+        assert row["final_cost"] > 0 and 0 <= row["test_accuracy"] <= 1
+        assert set(row["params"]) == {"epochs", "learningRate", "batchSize",
+                                      "model.hiddenUnits"}
+    assert rows["single"]["selection"] is None and rows["cost-aware"]["selection"] is not None
+    assert [v["arm"] for v in figures["verdicts"]] == ["cost-aware", "cost-nsga2"]
+    pair = figures["verdicts"][0]["pairs"][0]
+    assert pair["cost_ratio"] == pytest.approx(
+        rows["cost-aware"]["final_cost"] / rows["single"]["final_cost"])
+    assert "--- cost-nsga2 against single" in capsys.readouterr().out

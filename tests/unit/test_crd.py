@@ -193,7 +193,7 @@ def test_defaults_validate_against_their_own_schema(root: dict[str, Any]) -> Non
         ("spec.training.precision", ["fp32", "bf16", "fp16"]),
         ("spec.dataset.builtin", ["digits", "breast_cancer", "wine", "iris", "diabetes"]),
         ("spec.model.builtin", ["mlp", "cnn", "resnet"]),
-        ("spec.tuning.sampler", ["grid", "random", "tpe", "cmaes", "gp"]),
+        ("spec.tuning.sampler", ["grid", "random", "tpe", "cmaes", "gp", "nsga2"]),
         ("spec.tuning.searchSpace.*.type", ["float", "int", "categorical"]),
         ("status.phase", ["Pending", "Running", "Succeeded", "Failed", "Suspended"]),
         ("status.findings.overfitting.verdict", ["none", "suspected", "overfitting"]),

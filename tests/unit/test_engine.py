@@ -227,6 +227,45 @@ def test_each_trial_has_its_cost_and_pruning_savings_are_priced() -> None:
     assert cost.saved_by_pruning == pytest.approx(trials / 4 * 2, abs=1e-6)  # type: ignore[union-attr]
 
 
+def test_a_cost_aware_sweep_trains_the_selected_trial_and_files_the_front() -> None:
+    world = World(make_job(tuning=sweep_spec(
+        trials=2, parallelism=2, sampler="nsga2", pruner="none",
+        objectives=[{"name": "val_accuracy"}, {"name": "cost"}],
+        selection={"cheapestWithin": 0.01})))
+    world.step()
+    world.tick(60)
+    # Live, before the summary: the best is the best accuracy (maximized), not the lowest.
+    world.finish("trial-0", trial_result(0, value=0.98, values={"val_accuracy": 0.98,
+                                                                "cost": 4e-6}))
+    world.finish("trial-1", trial_result(1, value=0.975, values={"val_accuracy": 0.975,
+                                                                 "cost": 1e-6}))
+    world.step()
+    tuning = world.status.tuning
+    assert tuning is not None and tuning.best is not None and tuning.best.trial == 0
+    assert tuning.objectives == ["val_accuracy", "cost"]
+    front = [{"trial": n, "params": {"learningRate": 0.01 * (n + 1)},
+              "values": {"val_accuracy": v, "cost": c}, "cost": c, "train_seconds": 1.0}
+             for n, v, c in ((0, 0.98, 4e-6), (1, 0.975, 1e-6))]
+    selection = {"rule": "cheapestWithin 0.01", "metric": "val_accuracy", "trial": 1,
+                 "value": 0.975, "cost": 1e-6, "best_metric_trial": 0,
+                 "best_metric_value": 0.98, "best_metric_cost": 4e-6, "metric_lost": 0.005,
+                 "saved": 3e-6, "saved_fraction": 0.75}
+    world.finish("tune-summary", summary_result(
+        objectives=["val_accuracy", "cost"], pareto_front=front, selection=selection,
+        best={"trial": 1, "params": {"learningRate": 0.02}, "value": 0.975}))
+    world.step()
+    # The selected trial's parameters train the final model; status holds the front, the
+    # selection with its saving, and what the trials cost together.
+    assert json.loads(world.launches[-1].args[1]) == {"learningRate": 0.02}
+    tuning = world.status.tuning
+    assert tuning is not None and tuning.best is not None and tuning.best.trial == 1
+    assert [p.trial for p in tuning.pareto_front] == [0, 1]
+    assert tuning.pareto_front[1].values == {"val_accuracy": 0.975, "cost": 1e-6}
+    assert tuning.selection is not None and tuning.selection.saved_fraction == 0.75
+    trials_cost = world.unit("trial-0").cost + world.unit("trial-1").cost
+    assert tuning.trials_cost == pytest.approx(trials_cost) and trials_cost > 0
+
+
 def test_a_grid_sweep_is_capped_at_the_grid_size() -> None:
     spec = sweep_spec(sampler="grid", trials=20, parallelism=2,
                       searchSpace={"dropout": {"type": "float", "low": 0.1, "high": 0.3,

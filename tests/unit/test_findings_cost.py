@@ -12,7 +12,7 @@ from kubetrain.findings import (
     stage_cost,
     summarize_cost,
 )
-from kubetrain.pipeline.costing import unit_usage
+from kubetrain.pipeline.costing import trial_cost, unit_usage
 from kubetrain.pipeline.plan import plan
 
 DEFAULT = PricesSpec()
@@ -59,6 +59,21 @@ def test_a_units_usage_covers_every_node_of_its_requests() -> None:
     # per hour: 2 x (0.5 x 0.1 + 0.5 x 0.01 + 1 x 2.0) = 4.11; two hours = 8.22
     assert cost.cost == 8.22
     assert cost.gpu_hours == 4.0
+
+
+def test_a_trial_costs_its_seconds_at_one_training_workers_share() -> None:
+    job = parse_training_job({"apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
+                              "metadata": {"name": "x"}, "spec": {
+                                  "dataset": {"builtin": "digits"}, "model": {"builtin": "mlp"},
+                                  "training": {"resources": {"cpu": "4", "memory": "8Gi",
+                                                             "nprocPerNode": 2}},
+                                  "findings": {"cost": {"prices": {
+                                      "cpuHour": 0.1, "memoryGiBHour": 0.01, "gpuHour": 2.0}}},
+                                  "tuning": {"enabled": True, "searchSpace": {"dropout": {
+                                      "type": "float", "low": 0.0, "high": 0.5}}}}})
+    # A trial requests one worker's share: 2 cores, 4 GiB: 0.2 + 0.04 per hour, unrounded.
+    assert trial_cost(job.spec, 1800) == pytest.approx(0.12)
+    assert trial_cost(job.spec, 1.0) == pytest.approx(0.24 / 3600)
 
 
 def test_negative_usage_is_refused() -> None:

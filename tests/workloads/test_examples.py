@@ -23,6 +23,7 @@ def _run_example(name: str, tmp_path: Path) -> dict[str, Any]:
 def test_every_example_is_tested() -> None:
     tested = {"digits.yaml", "breast-cancer.yaml", "overfit.yaml", "scarce-digits.yaml",
               "remediate.yaml",
+              "cost-aware-sweep.yaml",
               # tests/workloads/test_custom_script.py
               "custom-script/job.yaml",
               # tests/workloads/test_remote_data.py, tests/integration/test_remote_data_cluster.py
@@ -161,3 +162,38 @@ def test_scarce_digits_augments_the_training_split(tmp_path: Path) -> None:
     assert augmentation["added"] == 8 * before
     assert any("RandomAffine" in op or "rotation" in op for op in augmentation["operations"])
     assert status["training"]["testMetrics"]["test_accuracy"] >= 0.85
+
+
+@pytest.mark.slow
+def test_cost_aware_sweep_selects_a_cheap_trial_within_one_point(tmp_path: Path) -> None:
+    job = _run_example("cost-aware-sweep.yaml", tmp_path)
+    status = job["status"]
+    assert status["phase"] == "Succeeded"
+    tuning = status["tuning"]
+    assert tuning["objectives"] == ["val_accuracy", "cost"]
+    assert tuning["trials"]["complete"] == 6
+    front = tuning["paretoFront"]
+    assert front, "no Pareto front in status"
+    for entry in front:
+        assert set(entry["values"]) == {"val_accuracy", "cost"} and entry["values"]["cost"] > 0
+        assert set(entry["params"]) == {"epochs", "learningRate", "model.hiddenUnits"}
+    # No trial on the front is beaten on both objectives by another one on it.
+    for a in front:
+        assert not any(b["values"]["val_accuracy"] >= a["values"]["val_accuracy"]
+                       and b["values"]["cost"] < a["values"]["cost"] for b in front)
+    selection = tuning["selection"]
+    assert selection["rule"] == "cheapestWithin 0.01"
+    assert selection["metricLost"] <= 0.01 + 1e-9
+    assert selection["cost"] <= selection["bestMetricCost"] and selection["saved"] >= 0
+    assert selection["trial"] in {e["trial"] for e in front}
+    # The selected trial's parameters trained the final model (its epochs included).
+    best = tuning["best"]
+    assert best["trial"] == selection["trial"]
+    assert status["training"]["epochs"] == best["params"]["epochs"]
+    # Each trial's cost, and the sweep's total.
+    units = [u for n, u in status["stages"]["tuning"]["units"].items()
+             if n.startswith("trial-")]
+    assert len(units) == 6 and all(u["cost"] > 0 for u in units)
+    assert tuning["trialsCost"] == pytest.approx(sum(u["cost"] for u in units), abs=1e-5)
+    report = Path(status["artifacts"]["report"]).read_text()
+    assert "Pareto front" in report and "Selection cheapestWithin 0.01" in report

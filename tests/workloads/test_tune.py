@@ -24,10 +24,12 @@ import pytest
 import yaml
 from kubetrain.api.spec import TrainingJobSpec
 from kubetrain.pipeline.params import apply_params
-from kubetrain.pipeline.plan import target_trials
+from kubetrain.pipeline.plan import target_trials, trial_seed
 from kubetrain.report import MAX_RESULT_BYTES, parse_event
 from kubetrain.tuning import space as sp
 from kubetrain.tuning import study as st
+from kubetrain.workloads import trial as trial_unit
+from kubetrain.workloads import tune as tune_unit
 from pydantic import ValidationError
 from support import base_manifest
 
@@ -155,7 +157,7 @@ def trial_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 SAMPLERS = {"grid": optuna.samplers.GridSampler, "random": optuna.samplers.RandomSampler,
             "tpe": optuna.samplers.TPESampler, "cmaes": optuna.samplers.CmaEsSampler,
-            "gp": optuna.samplers.GPSampler}
+            "gp": optuna.samplers.GPSampler, "nsga2": optuna.samplers.NSGAIISampler}
 PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
            "hyperband": optuna.pruners.HyperbandPruner,
            "successive-halving": optuna.pruners.SuccessiveHalvingPruner}
@@ -249,6 +251,131 @@ def test_summary_counts_states_and_fails_only_orphans(tmp_path: Path) -> None:
     assert set(summary["importances"]) == {"learningRate"}
     totals = st.sweep_totals(study.get_trials(), spec)
     assert totals["epochs_saved_by_pruning"] == 1  # 2 epochs planned, pruned after 1
+
+
+# ----- every sampler and pruner drives a real sweep ------------------------------------------
+#
+# The trial units' and the summary unit's own main(), in this process one after another (a
+# process start costs more than these trainings): a real study in the journal file, the
+# sampler and pruner of the spec, real trainings on small data, the summary's result.
+
+TWO_DIMENSIONS = {"learningRate": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
+                  "dropout": {"type": "float", "low": 0.0, "high": 0.5}}
+GRID = {"learningRate": {"type": "float", "low": 0.01, "high": 0.03, "step": 0.02},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.4, "step": 0.2}}
+
+
+def small_sweep(dataset: str, epochs: int, **tuning: Any) -> dict[str, Any]:
+    manifest = sweep_manifest(epochs=epochs, batch_size=32, **tuning)
+    manifest["spec"]["dataset"] = {"builtin": dataset, "seed": 0}
+    return manifest
+
+
+def sweep_in_process(job: Path, storage: Path) -> dict[str, Any]:
+    """Create the study (as the study server does), run each trial unit's main() in turn (each
+    with the sampler seed the plan gives it), then the summary unit: its result."""
+    spec = spec_of(yaml.safe_load(job.read_text()))
+    st.create_study_once(st.open_storage(storage), "test-job", spec)
+    handler = signal.getsignal(signal.SIGTERM)  # a trial unit sets its own
+    try:
+        for index in range(target_trials(spec)):
+            code = trial_unit.main(["--job", str(job), "--storage", str(storage),
+                                    "--study", "test-job", "--sampler-seed",
+                                    str(trial_seed(spec.dataset.seed, index)),
+                                    "--result", str(storage / f"trial-{index}.json")])
+            assert code == 0, f"trial {index} exited with {code}"
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    result = storage / "summary.json"
+    assert tune_unit.main(["--job", str(job), "--storage", str(storage), "--summarize",
+                           "--result", str(result)]) == 0
+    summary: dict[str, Any] = json.loads(result.read_text())
+    return summary
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_every_sampler_drives_a_sweep_to_its_best_trial(tmp_path: Path, write_manifest: Any,
+                                                        sampler: str) -> None:
+    manifest = small_sweep("iris", 3, sampler=sampler, trials=6,
+                           searchSpace=GRID if sampler == "grid" else TWO_DIMENSIONS)
+    storage = tmp_path / "storage"
+    summary = sweep_in_process(write_manifest(manifest), storage)
+    assert summary["trials"] == {"total": 6, "running": 0, "complete": 6, "pruned": 0,
+                                 "failed": 0}
+    rows = trials_table(storage)
+    assert len({json.dumps(r["params"], sort_keys=True) for r in rows.values()}) == 6, \
+        "the sampler drew the same point twice"
+    best = max(rows.values(), key=lambda r: (r["value"], -r["number"]))
+    assert summary["best"]["trial"] == best["number"] and summary["best"]["value"] > 0.5
+    assert all(r["cost"] > 0 and r["train_seconds"] > 0 for r in rows.values())
+    trials = open_study(storage).trials
+    if sampler == "cmaes":  # CMA-ES itself sampled (not its random fallback) after trial 0
+        assert any(k.startswith("cma:") for t in trials[1:] for k in t.system_attrs)
+    if sampler == "nsga2":  # a population of 4: trials 4 and 5 are the second generation
+        assert [t.system_attrs["NSGAIISampler:generation"] for t in trials] == [0] * 4 + [1] * 2
+    if sampler == "grid":
+        assert {(r["params"]["learningRate"], r["params"]["dropout"])
+                for r in rows.values()} == {(lr, d) for lr in (0.01, 0.03)
+                                            for d in (0.0, 0.2, 0.4)}
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband", "successive-halving"])
+def test_every_pruner_stops_bad_trials_in_a_sweep(tmp_path: Path, write_manifest: Any,
+                                                  pruner: str) -> None:
+    manifest = small_sweep("breast_cancer", 4, sampler="random", pruner=pruner, trials=8,
+                           searchSpace=WIDE_SPACE)
+    storage = tmp_path / "storage"
+    summary = sweep_in_process(write_manifest(manifest), storage)
+    rows = list(trials_table(storage).values())
+    pruned = [r for r in rows if r["state"] == "pruned"]
+    complete = [r for r in rows if r["state"] == "complete"]
+    assert pruned, f"{pruner} pruned no trial"
+    assert len(pruned) + len(complete) == 8
+    assert all(r["epochs"] < 4 for r in pruned) and all(r["epochs"] == 4 for r in complete)
+    assert summary["epochs_saved_by_pruning"] == sum(4 - r["epochs"] for r in pruned)
+    assert summary["epochs_run"] == sum(r["epochs"] for r in rows)
+    # A pruned trial's cost is that of the epochs it ran.
+    assert all(r["cost"] > 0 for r in pruned)
+    assert summary["best"]["value"] == max(r["value"] for r in complete)
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe", "gp", "random"])
+def test_a_cost_aware_sweep_reports_its_pareto_front_and_selection(
+        tmp_path: Path, write_manifest: Any, sampler: str) -> None:
+    space = {**TWO_DIMENSIONS, "model.hiddenUnits": {"type": "categorical",
+                                                     "choices": [[8], [256, 256]]}}
+    manifest = small_sweep("iris", 3, sampler=sampler, pruner="none", trials=6,
+                           objectives=[{"name": "val_accuracy"}, {"name": "cost"},
+                                       {"name": "trainSeconds"}],
+                           selection={"cheapestWithin": 0.05}, searchSpace=space)
+    del manifest["spec"]["tuning"]["objective"]
+    storage = tmp_path / "storage"
+    summary = sweep_in_process(write_manifest(manifest), storage)
+    assert summary["objectives"] == ["val_accuracy", "cost", "trainSeconds"]
+    assert summary["trials"]["complete"] == 6
+    study = open_study(storage)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
+    # The front is Optuna's own, with each trial's parameters and objectives.
+    front = summary["pareto_front"]
+    assert sorted(p["trial"] for p in front) == sorted(t.number for t in study.best_trials)
+    rows = trials_table(storage)
+    for entry in front:
+        row = rows[entry["trial"]]
+        assert entry["params"] == row["params"]
+        assert entry["values"] == pytest.approx(row["values"], rel=1e-5)
+        assert entry["values"]["cost"] == pytest.approx(row["cost"], rel=1e-5)
+    # The selection: the cheapest trial within 0.05 of the best accuracy, which trains.
+    accuracy = {n: r["values"]["val_accuracy"] for n, r in rows.items()}
+    top = max(accuracy.values())
+    cheapest = min((n for n in rows if accuracy[n] >= top - 0.05 - 1e-12),
+                   key=lambda n: rows[n]["cost"])
+    selection = summary["selection"]
+    assert selection["trial"] == cheapest == summary["best"]["trial"]
+    assert summary["best"]["params"] == rows[cheapest]["params"]
+    assert selection["best_metric_value"] == pytest.approx(top)
+    assert selection["saved"] == pytest.approx(
+        selection["best_metric_cost"] - selection["cost"], rel=1e-4)
+    assert selection["saved"] >= 0 and selection["metric_lost"] <= 0.05 + 1e-9
 
 
 # ----- the sweep through `kubetrain run` ----------------------------------------------------

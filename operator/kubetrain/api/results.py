@@ -14,7 +14,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .status import BestTrial, FeatureAttribution, OverfittingFinding, TrialCounts
+from .status import (
+    BestTrial,
+    FeatureAttribution,
+    OverfittingFinding,
+    TrialCounts,
+    TrialPoint,
+    TuningSelection,
+)
 
 TRUNCATED = "truncated:"
 ResultStatus = Literal["succeeded", "failed", "terminated"]
@@ -92,8 +99,13 @@ class TrialResult(UnitResult):
     trial: int | None = None
     state: Literal["complete", "pruned", "failed", "running", "waiting"] = "failed"
     value: float | None = None
+    """The metric objective's value (with several objectives: the first metric's)."""
+    values: dict[str, float] = Field(default_factory=dict)
+    """With several objectives: each one's value."""
     params: dict[str, Any] = Field(default_factory=dict)
     epochs_run: int = 0
+    cost: float | None = None
+    train_seconds: float | None = None
     error: str | None = None
 
 
@@ -108,6 +120,9 @@ class TuningResult(UnitResult):
     epochs_saved_by_pruning: int | None = None
     trial_seconds: float | None = None
     trials_table: str | None = None
+    objectives: list[str] = Field(default_factory=list)
+    pareto_front: list[TrialPoint] = Field(default_factory=list)
+    selection: TuningSelection | None = None
 
 
 class ExplanationResult(UnitResult):

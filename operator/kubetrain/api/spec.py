@@ -478,6 +478,47 @@ class ObjectiveSpec(ApiModel):
     """maximize for val_accuracy; minimize for val_loss and val_rmse."""
 
 
+ObjectiveName = Literal["val_loss", "val_accuracy", "val_rmse", "cost", "trainSeconds"]
+"""What a sweep can optimize: a validation metric, or what a trial costs."""
+RESOURCE_OBJECTIVES = ("cost", "trainSeconds")
+"""Objectives measured on the trial itself rather than on its validation split."""
+MULTI_OBJECTIVE_SAMPLERS = ("nsga2", "tpe", "gp", "random", "grid")
+"""The samplers that take several objectives (Optuna's CMA-ES takes one)."""
+
+
+class TuningObjectiveSpec(ApiModel):
+    """One objective of a multi-objective sweep."""
+
+    name: ObjectiveName
+    """val_loss, val_accuracy or val_rmse (the trial's best epoch); trainSeconds (the seconds of
+    its epochs); cost (those seconds x the trial's requested resources x the job's prices)."""
+    direction: Direction | None = None
+    """maximize for val_accuracy, minimize for the others (the default: the one that is right)."""
+
+    @property
+    def resolved_direction(self) -> Direction:
+        return self.direction or direction_of(self.name)
+
+    @property
+    def is_metric(self) -> bool:
+        return self.name not in RESOURCE_OBJECTIVES
+
+    @model_validator(mode="after")
+    def _direction(self) -> TuningObjectiveSpec:
+        expected = direction_of(self.name)
+        if self.direction is not None and self.direction != expected:
+            raise FieldProblem("direction", f"must be {expected} for {self.name}")
+        return self
+
+
+class SelectionSpec(ApiModel):
+    """Which trial of a multi-objective sweep trains the final model."""
+
+    cheapest_within: float = Field(ge=0, le=1000)
+    """The cheapest complete trial (by its cost) whose metric (the first validation metric of
+    tuning.objectives) is within this of the best trial's: 0.01 = one point of accuracy."""
+
+
 class TuningSpec(ApiModel):
     """The tuning stage: a hyperparameter sweep whose best trial feeds the final training."""
 
@@ -485,11 +526,20 @@ class TuningSpec(ApiModel):
     """Run the sweep before the final training."""
     backend: Literal["optuna", "ray"] = "optuna"
     """optuna (one study shared by all trial processes) or ray (Ray Tune)."""
-    sampler: Literal["grid", "random", "tpe", "cmaes", "gp"] = "tpe"
-    """How trials pick values: grid, random, tpe (Bayesian), cmaes, or gp (Gaussian process)."""
+    sampler: Literal["grid", "random", "tpe", "cmaes", "gp", "nsga2"] = "tpe"
+    """How trials pick values: grid, random, tpe (Bayesian), cmaes, gp (Gaussian process), or
+    nsga2 (genetic, for several objectives)."""
     pruner: Literal["none", "median", "hyperband", "successive-halving"] = "median"
     """Stops unpromising trials early; none runs every trial to the end."""
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    objectives: list[TuningObjectiveSpec] | None = Field(default=None, min_length=2,
+                                                         max_length=4)
+    """Several objectives instead of objective (e.g. val_accuracy and cost): status holds the
+    Pareto front; samplers nsga2, tpe, gp, random, grid; no pruner (Optuna prunes one
+    objective only)."""
+    selection: SelectionSpec | None = None
+    """With objectives: the rule that picks the trial whose parameters train the final model;
+    default: the trial with the best metric."""
     trials: int = Field(default=20, ge=1, le=10000)
     """Trials in the sweep."""
     parallelism: int = Field(default=2, ge=1, le=256)
@@ -532,6 +582,65 @@ class TuningSpec(ApiModel):
                 "objective.direction", f"must be {expected} for {self.objective.metric}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _objectives(self) -> TuningSpec:
+        if not self.enabled:
+            return self
+        if self.objectives is None:
+            if self.selection is not None:
+                raise FieldProblem(
+                    "selection", "needs several objectives (tuning.objectives, e.g. "
+                    "val_accuracy and cost); with one objective the best trial is taken")
+            return self
+        # (A written-out spec carries the default objective: only another one contradicts.)
+        if self.objective != ObjectiveSpec():
+            raise FieldProblem("objective", "set either objective (one) or objectives "
+                               "(several), not both")
+        seen: set[str] = set()
+        for i, objective in enumerate(self.objectives):
+            if objective.name in seen:
+                raise FieldProblem(f"objectives[{i}].name", f"{objective.name} is already an "
+                                   "objective; each objective once")
+            seen.add(objective.name)
+        if not any(o.is_metric for o in self.objectives):
+            raise FieldProblem("objectives", "needs a validation metric (val_loss, "
+                               "val_accuracy or val_rmse) beside "
+                               + ", ".join(o.name for o in self.objectives))
+        if self.pruner != "none":
+            raise FieldProblem(
+                "pruner", f"{self.pruner} cannot be used with several objectives: Optuna "
+                "prunes single-objective studies only; set pruner: none")
+        if self.sampler not in MULTI_OBJECTIVE_SAMPLERS:
+            raise FieldProblem(
+                "sampler", f"{self.sampler} optimizes one objective; with several use "
+                + ", ".join(MULTI_OBJECTIVE_SAMPLERS))
+        if self.backend != "optuna":
+            raise FieldProblem("backend", f"{self.backend} runs single-objective sweeps; use "
+                               "optuna with several objectives")
+        return self
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.objectives is not None
+
+    @property
+    def objective_list(self) -> list[TuningObjectiveSpec]:
+        """The sweep's objectives in order: ``objectives``, or the one ``objective``."""
+        if self.objectives is not None:
+            return list(self.objectives)
+        return [TuningObjectiveSpec(name=self.objective.metric,
+                                    direction=self.objective.direction)]
+
+    @property
+    def metric_objective(self) -> ObjectiveSpec:
+        """The validation metric that names the best trial: ``objective``, or the first metric
+        among ``objectives``."""
+        if self.objectives is None:
+            return self.objective
+        first = next(o for o in self.objectives if o.is_metric)
+        metric: Metric = first.name  # type: ignore[assignment]  # is_metric: not cost
+        return ObjectiveSpec(metric=metric, direction=first.resolved_direction)
 
 
 class ExplanationSpec(ApiModel):
@@ -687,8 +796,11 @@ class TrainingJobSpec(ApiModel):
         checked: list[tuple[str, Metric]] = []
         if es is not None and es.enabled:
             checked.append(("training.earlyStopping.monitor", es.monitor))
-        if self.tuning.enabled:
+        if self.tuning.enabled and self.tuning.objectives is None:
             checked.append(("tuning.objective.metric", self.tuning.objective.metric))
+        elif self.tuning.enabled:
+            checked += [(f"tuning.objectives[{i}].name", o.name)  # type: ignore[misc]
+                        for i, o in enumerate(self.tuning.objectives or ()) if o.is_metric]
         for field, metric in checked:
             needs = task_of_metric(metric)
             if task is not None and needs not in (None, task):

@@ -135,6 +135,43 @@ class BestTrial(StatusModel):
     value: float
 
 
+class TrialPoint(StatusModel):
+    """A complete trial as a multi-objective sweep sees it: its parameters and objectives."""
+
+    trial: int
+    params: dict[str, Any] = Field(default_factory=dict)
+    values: dict[str, float] = Field(default_factory=dict)
+    """Objective name → the trial's value (val_accuracy, cost, trainSeconds, ...)."""
+    cost: float | None = None
+    """What the trial's epochs cost: train seconds x its requested resources x the job's prices
+    (the trial unit's whole cost, process start included, is its unit's cost)."""
+    train_seconds: float | None = None
+    """Seconds the trial spent in its epochs."""
+
+
+class TuningSelection(StatusModel):
+    """The trial the selection rule picked, against the trial with the best metric."""
+
+    rule: str
+    """The rule as the spec says it, e.g. cheapestWithin 0.01."""
+    metric: str
+    trial: int
+    """The selected trial: its parameters train the final model."""
+    value: float
+    """Its metric."""
+    cost: float
+    best_metric_trial: int
+    best_metric_value: float
+    best_metric_cost: float
+    metric_lost: float
+    """How much worse the selected trial's metric is than the best (0: none)."""
+    saved: float
+    """best-metric trial's cost - selected trial's cost: what one training with the selected
+    parameters saves against one with the best-metric trial's."""
+    saved_fraction: float
+    """saved / the best-metric trial's cost (0.6: the selected parameters train for 40%)."""
+
+
 class TuningStatus(StatusModel):
     """The sweep: trial counts and the best trial so far."""
 
@@ -150,6 +187,15 @@ class TuningStatus(StatusModel):
     """Epochs trained by all trials together."""
     epochs_saved_by_pruning: int | None = None
     """Epochs that pruned trials did not have to run."""
+    objectives: list[str] = Field(default_factory=list)
+    """With several objectives: their names, in the spec's order."""
+    pareto_front: list[TrialPoint] = Field(default_factory=list)
+    """With several objectives: the complete trials no other trial beats on every objective."""
+    selection: TuningSelection | None = None
+    """With several objectives: the trial that trains the final model (also in best), and
+    what choosing it saved against the trial with the best metric."""
+    trials_cost: float | None = None
+    """What the trials cost together (each trial's own: stages.tuning.units.trial-N.cost)."""
 
 
 class AugmentationStatus(StatusModel):

@@ -10,8 +10,8 @@ from __future__ import annotations
 from ..api.results import TrainingResult, TuningResult
 from ..api.spec import TrainingJobSpec
 from ..api.status import CostFinding, TrainingJobStatus
-from ..findings.cost import Usage, stage_cost, summarize_cost
-from .plan import Plan, WorkUnit
+from ..findings.cost import Usage, hourly_rate, stage_cost, summarize_cost
+from .plan import TRIAL_PREFIX, Plan, WorkUnit, plan
 
 
 def unit_usage(unit: WorkUnit, seconds: float) -> Usage:
@@ -20,12 +20,22 @@ def unit_usage(unit: WorkUnit, seconds: float) -> Usage:
                  memory_gib=unit.memory_gib, gpus=unit.gpus_per_node)
 
 
+def trial_cost(spec: TrainingJobSpec, seconds: float) -> float | None:
+    """What a trial unit's requests cost over ``seconds`` at the job's prices, unrounded (the
+    ``cost`` objective: trials of a few seconds differ in the 7th decimal). None without a
+    trial unit in the plan (the Ray backend runs its trials inside one unit)."""
+    unit = plan(spec).unit(f"{TRIAL_PREFIX}0")
+    if unit is None:
+        return None
+    return seconds / 3600.0 * hourly_rate(unit_usage(unit, 0.0), spec.findings.cost.prices)
+
+
 def job_cost(plan: Plan, spec: TrainingJobSpec, status: TrainingJobStatus,
              train: TrainingResult | None, summary: TuningResult | None) -> CostFinding:
     """The cost finding, and each unit's and stage's cost written into ``status``."""
     prices = spec.findings.cost.prices
     usages: list[Usage] = []
-    trial_cost = 0.0
+    trials_cost = 0.0
     for stage in status.stages.values():
         for name, unit_status in stage.units.items():
             unit = plan.unit(name)
@@ -35,11 +45,11 @@ def job_cost(plan: Plan, spec: TrainingJobSpec, status: TrainingJobStatus,
             usages.append(usage)
             unit_status.cost = stage_cost(usage, prices).cost
             if unit.kind == "trial":
-                trial_cost += unit_status.cost
+                trials_cost += unit_status.cost
     train_unit = plan.unit("train")
     cost_per_epoch = None
     if summary is not None and summary.epochs_run:
-        cost_per_epoch = trial_cost / summary.epochs_run
+        cost_per_epoch = trials_cost / summary.epochs_run
     finding = summarize_cost(
         usages, prices, budget=spec.findings.cost.budget,
         training_usage=unit_usage(train_unit, 0.0) if train_unit else None,
@@ -47,6 +57,8 @@ def job_cost(plan: Plan, spec: TrainingJobSpec, status: TrainingJobStatus,
         pruned_epochs_saved=summary.epochs_saved_by_pruning if summary else None,
         cost_per_epoch=cost_per_epoch,
     )
+    if status.tuning is not None:
+        status.tuning.trials_cost = round(trials_cost, 6)
     for name, stage_status in status.stages.items():
         by_stage = finding.by_stage.get(name)
         stage_status.cost = by_stage.cost if by_stage is not None else None

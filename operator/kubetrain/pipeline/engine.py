@@ -213,7 +213,7 @@ class _Engine(RemediationSteps):
             return  # the summary has spoken: the study's own counts and best trial stand
         counts = TrialCounts(total=sweep.target)
         best: BestTrial | None = None
-        maximize = self.spec.tuning.objective.direction == "maximize"
+        maximize = self.spec.tuning.metric_objective.direction == "maximize"
         for record in trials.values():
             if record.phase == StagePhase.RUNNING:
                 counts.running += 1

@@ -176,8 +176,9 @@ def apply_augmentation_result(status: TrainingJobStatus, result: AugmentationRes
 
 def _tuning(status: TrainingJobStatus, spec: TrainingJobSpec) -> TuningStatus:
     if status.tuning is None:
-        status.tuning = TuningStatus(backend=spec.tuning.backend, sampler=spec.tuning.sampler,
-                                     pruner=spec.tuning.pruner)
+        status.tuning = TuningStatus(
+            backend=spec.tuning.backend, sampler=spec.tuning.sampler, pruner=spec.tuning.pruner,
+            objectives=[o.name for o in spec.tuning.objectives or ()])
     return status.tuning
 
 
@@ -214,6 +215,8 @@ def apply_tuning_result(status: TrainingJobStatus, spec: TrainingJobSpec,
     tuning.importances = dict(result.importances)
     tuning.epochs_run = result.epochs_run
     tuning.epochs_saved_by_pruning = result.epochs_saved_by_pruning
+    tuning.pareto_front = [p.model_copy() for p in result.pareto_front]
+    tuning.selection = result.selection.model_copy() if result.selection else None
 
 
 def apply_explanation_result(status: TrainingJobStatus, result: ExplanationResult) -> None:

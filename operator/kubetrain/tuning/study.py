@@ -23,7 +23,9 @@ from optuna.storages import BaseStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from ..api.spec import SearchDimension, TrainingJobSpec
+from ..api.spec import SearchDimension, TrainingJobSpec, TuningSpec
+from ..api.status import TrialPoint
+from ..findings.tuning import best_by_metric, cheapest_within, pareto_front
 from .space import decode_params, grid_search_space
 
 TUNING_DIR = "tuning"
@@ -76,6 +78,12 @@ def startup_trials(trials: int) -> int:
     return max(1, min(10, trials // 4))
 
 
+def nsga2_population(trials: int) -> int:
+    """NSGA-II's generation size: a quarter of the budget, 4 to 50 (Optuna's 50 would make a
+    sweep of tens of trials one random generation)."""
+    return max(4, min(50, trials // 4))
+
+
 def _require(sampler: str, *modules: str) -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
@@ -106,7 +114,9 @@ def make_sampler(spec: TrainingJobSpec, seed: int | None = None) -> BaseSampler:
     seed = spec.dataset.seed if seed is None else seed
     startup = startup_trials(tuning.trials)
     if tuning.sampler == "grid":
-        return _GridSampler(grid_search_space(tuning.search_space), seed=seed)
+        # One seed for every trial unit: Optuna shuffles the grid with the sampler's seed and
+        # gives trial n the n-th point, so units seeded apart drew the same points twice.
+        return _GridSampler(grid_search_space(tuning.search_space), seed=spec.dataset.seed)
     if tuning.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if tuning.sampler == "tpe":
@@ -120,6 +130,9 @@ def make_sampler(spec: TrainingJobSpec, seed: int | None = None) -> BaseSampler:
         _require("gp", "scipy", "torch")
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup,
                                          warn_independent_sampling=False)
+    if tuning.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed,
+                                             population_size=nsga2_population(tuning.trials))
     raise ValueError(f"unknown sampler {tuning.sampler!r}")
 
 
@@ -189,15 +202,16 @@ def _wait_for_server(proxy: BaseStorage, address: str, seconds: float) -> None:
 
 def create_study_once(storage: BaseStorage, name: str, spec: TrainingJobSpec) -> optuna.Study:
     """Create the study, or load it if an earlier run created it (then it continues)."""
-    direction = spec.tuning.objective.direction
-    study = optuna.create_study(storage=storage, study_name=name, direction=direction,
+    directions = [o.resolved_direction for o in spec.tuning.objective_list]
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions,
                                 load_if_exists=True, sampler=make_sampler(spec),
                                 pruner=make_pruner(spec))
-    stored = study.direction.name.lower()
-    if stored != direction:
-        raise ValueError(f"the stored study {name!r} was made to {stored}, but "
-                         f"tuning.objective.direction is {direction}; remove the stored study "
-                         "or rename the job")
+    stored = [d.name.lower() for d in study.directions]
+    if stored != directions:
+        field = "objectives" if spec.tuning.multi_objective else "objective.direction"
+        raise ValueError(f"the stored study {name!r} was made to {', '.join(stored)}, but "
+                         f"tuning.{field} says {', '.join(directions)}; remove the stored "
+                         "study or rename the job")
     return study
 
 
@@ -245,9 +259,16 @@ def counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
     return result
 
 
+def metric_index(tuning: TuningSpec) -> int:
+    """The position of the metric objective among the study's values (0 with one)."""
+    names = [o.name for o in tuning.objective_list]
+    return names.index(tuning.metric_objective.metric)
+
+
 def best_trial(study: optuna.Study, space: Mapping[str, SearchDimension] | None = None
                ) -> dict[str, Any] | None:
-    """The best complete trial: {trial, params, value}, or None while there is none."""
+    """The best complete trial of a single-objective study: {trial, params, value}, or None
+    while there is none."""
     try:
         best = study.best_trial
     except ValueError:
@@ -256,31 +277,99 @@ def best_trial(study: optuna.Study, space: Mapping[str, SearchDimension] | None 
             "value": best.value}
 
 
-def importances(study: optuna.Study, complete: int) -> dict[str, float]:
-    """fANOVA parameter importances over the complete trials (needs two at least)."""
+def importances(study: optuna.Study, complete: int, index: int = 0) -> dict[str, float]:
+    """Parameter importances for the objective at ``index`` over the complete trials (needs
+    two at least)."""
     if complete < 2:
         return {}
+    target = None
+    if len(study.directions) > 1:
+        # A target is read as "smaller is better": turn a maximized objective around.
+        sign = -1.0 if study.directions[index] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        target = lambda t: sign * t.values[index]  # noqa: E731
     try:
-        found = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():  # that note about the target's sign: taken care of
+            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator")
+            found = optuna.importance.get_param_importances(study, target=target)
     except (RuntimeError, ValueError):  # e.g. every complete trial has the same params
         return {}
     return {name: round(float(value), 4) for name, value in found.items()}
 
 
-def summarize(study: optuna.Study, space: Mapping[str, SearchDimension] | None = None
-              ) -> dict[str, Any]:
-    """Trials by state, the best trial and parameter importances."""
-    by_state = counts(study.get_trials(deepcopy=False))
-    return {"trials": by_state, "best": best_trial(study, space),
-            "importances": importances(study, by_state["complete"])}
+def trial_point(trial: FrozenTrial, tuning: TuningSpec) -> TrialPoint | None:
+    """A complete trial with its objective values, cost and training seconds; None for any
+    other trial."""
+    if trial.state != TrialState.COMPLETE or trial.values is None:
+        return None
+    names = [o.name for o in tuning.objective_list]
+    cost, seconds = trial.user_attrs.get("cost"), trial.user_attrs.get("train_seconds")
+    return TrialPoint(trial=trial.number, params=decode_params(tuning.search_space, trial.params),
+                      values=dict(zip(names, trial.values, strict=True)),
+                      cost=cost if isinstance(cost, int | float) else None,
+                      train_seconds=seconds if isinstance(seconds, int | float) else None)
 
 
-def trial_row(trial: FrozenTrial, space: Mapping[str, SearchDimension] | None = None
-              ) -> dict[str, Any]:
-    """One line of the trials table."""
-    return {"number": trial.number, "state": state_name(trial.state),
-            "params": decode_params(space or {}, trial.params), "value": trial.value,
-            "epochs": epochs_run(trial), "seconds": round(trial_seconds(trial), 3)}
+def objectives_summary(trials: Sequence[FrozenTrial], tuning: TuningSpec) -> dict[str, Any]:
+    """Several objectives: the Pareto front, the selected trial (``best``, which trains the
+    final model) and what the selection saved against the trial with the best metric."""
+    points = [p for t in trials if (p := trial_point(t, tuning)) is not None]
+    metric = tuning.metric_objective
+    objectives = [(o.name, o.resolved_direction) for o in tuning.objective_list]
+    front = pareto_front(points, objectives)
+    selection = (cheapest_within(points, metric.metric, metric.direction,
+                                 tuning.selection.cheapest_within)
+                 if tuning.selection is not None else None)
+    chosen = (next(p for p in points if p.trial == selection.trial) if selection is not None
+              else best_by_metric(points, metric.metric, metric.direction))
+    best = None if chosen is None else {"trial": chosen.trial, "params": chosen.params,
+                                        "value": chosen.values[metric.metric]}
+    return {"objectives": [name for name, _ in objectives],
+            "pareto_front": [_rounded(p.model_dump()) for p in front],
+            "selection": _rounded(selection.model_dump()) if selection is not None else None,
+            "best": best}
+
+
+def _rounded(data: dict[str, Any]) -> dict[str, Any]:
+    """Numbers to 6 significant digits (a trial's cost may be a few millionths), once, for
+    status; the selection was made on the exact values."""
+    def six(value: Any) -> Any:
+        if isinstance(value, float):
+            return float(f"{value:.6g}")
+        if isinstance(value, dict) and value is not data.get("params"):
+            return {k: six(v) for k, v in value.items()}
+        return value
+    return {k: six(v) for k, v in data.items()}
+
+
+def summarize(study: optuna.Study, space: Mapping[str, SearchDimension] | None = None,
+              tuning: TuningSpec | None = None) -> dict[str, Any]:
+    """Trials by state, the best trial and parameter importances; with several objectives
+    (``tuning``), also the Pareto front and the selection."""
+    trials = study.get_trials(deepcopy=False)
+    by_state = counts(trials)
+    if tuning is None or not tuning.multi_objective:
+        return {"trials": by_state, "best": best_trial(study, space),
+                "importances": importances(study, by_state["complete"])}
+    return {"trials": by_state, **objectives_summary(trials, tuning),
+            "importances": importances(study, by_state["complete"], metric_index(tuning))}
+
+
+def trial_row(trial: FrozenTrial, space: Mapping[str, SearchDimension] | None = None,
+              tuning: TuningSpec | None = None) -> dict[str, Any]:
+    """One line of the trials table: ``value`` is the metric objective's; with several
+    objectives ``values`` has each one's."""
+    index = metric_index(tuning) if tuning is not None else 0
+    row = {"number": trial.number, "state": state_name(trial.state),
+           "params": decode_params(space or {}, trial.params),
+           "value": trial.values[index] if trial.values else None,
+           "epochs": epochs_run(trial), "seconds": round(trial_seconds(trial), 3)}
+    if tuning is not None and tuning.multi_objective and trial.values:
+        row["values"] = dict(zip([o.name for o in tuning.objective_list], trial.values,
+                                 strict=True))
+    for attr in ("cost", "train_seconds"):
+        if isinstance(trial.user_attrs.get(attr), int | float):
+            row[attr] = trial.user_attrs[attr]
+    return row
 
 
 def sweep_totals(trials: Sequence[FrozenTrial], spec: TrainingJobSpec) -> dict[str, Any]:

@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only; no display on servers and in pods
 import matplotlib.pyplot as plt
 
 from ..api.resource import TrainingJob
-from ..api.status import RemediationStatus, TrainingJobStatus
+from ..api.status import RemediationStatus, TrainingJobStatus, TuningStatus
 
 
 def plot_loss_curve(history: Sequence[Mapping[str, float]], best_epoch: int | None,
@@ -76,16 +76,37 @@ def _tuning_section(status: TrainingJobStatus, trials: Sequence[Mapping[str, Any
              "pruning."]
     if tuning.best:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in tuning.best.params.items())
-        lines += ["", f"**Best trial {tuning.best.trial}:** {_fmt(tuning.best.value)} with "
+        label = "Selected trial" if tuning.selection else "Best trial"
+        lines += ["", f"**{label} {tuning.best.trial}:** {_fmt(tuning.best.value)} with "
                   f"{params} (used for the final training)"]
+    lines += _selection_lines(tuning)
     if tuning.importances:
         lines += ["", "Parameter importances: " + ", ".join(
             f"{k} {v:.2f}" for k, v in tuning.importances.items())]
     if trials:
         names = sorted({k for t in trials for k in (t.get("params") or {})})
         rows = [[t.get("number"), t.get("state"), _fmt(t.get("value")), t.get("epochs"),
-                 *(_fmt((t.get("params") or {}).get(n)) for n in names)] for t in trials]
-        lines += ["", *_table(rows, ["trial", "state", "value", "epochs", *names])]
+                 _fmt(t.get("cost")), *(_fmt((t.get("params") or {}).get(n)) for n in names)]
+                for t in trials]
+        lines += ["", *_table(rows, ["trial", "state", "value", "epochs", "cost", *names])]
+    return lines
+
+
+def _selection_lines(tuning: TuningStatus) -> list[str]:
+    """With several objectives: the Pareto front and what the selection saved."""
+    if not tuning.pareto_front:
+        return []
+    front = ", ".join(f"{p.trial} ({', '.join(f'{k} {_fmt(v)}' for k, v in p.values.items())})"
+                      for p in tuning.pareto_front)
+    lines = ["", f"Objectives {', '.join(tuning.objectives)}; Pareto front: trials {front}."]
+    chosen = tuning.selection
+    if chosen is not None:
+        lines += ["", f"Selection {chosen.rule}: trial {chosen.trial} ({chosen.metric} "
+                  f"{_fmt(chosen.value)}, cost {_fmt(chosen.cost)}) against the best "
+                  f"{chosen.metric}, trial {chosen.best_metric_trial} "
+                  f"({_fmt(chosen.best_metric_value)}, cost {_fmt(chosen.best_metric_cost)}): "
+                  f"{chosen.saved_fraction:.0%} cheaper to train, {_fmt(chosen.metric_lost)} "
+                  f"{chosen.metric} lost."]
     return lines
 
 

@@ -32,9 +32,17 @@ from ..api import load_training_job
 from ..api.spec import TrainingJobSpec
 from ..data import DatasetError
 from ..launcher import cancel
+from ..pipeline.costing import trial_cost
 from ..report import EXECUTOR_PID_ENV, SPEC_PROBLEM_EXIT, Reporter, default_result_path
 from ..tuning.space import decode_params, distributions
-from ..tuning.study import TUNING_DIR, load_study, open_storage, state_name, trial_epochs
+from ..tuning.study import (
+    TUNING_DIR,
+    load_study,
+    metric_index,
+    open_storage,
+    state_name,
+    trial_epochs,
+)
 from . import script, train
 from .args import add_common_arguments
 
@@ -92,6 +100,40 @@ def objective_value(summary: dict[str, Any], metric: str, direction: str) -> flo
     return max(values) if direction == "maximize" else min(values)
 
 
+def objective_values(spec: TrainingJobSpec, summary: dict[str, Any]
+                     ) -> tuple[list[float] | None, str | None]:
+    """The trial's value of each objective, in the spec's order; or None and why not.
+
+    A metric: its best epoch's value; trainSeconds: the seconds of its epochs (the run's, for
+    a program that reports none); cost: those seconds at the trial unit's requests and the
+    job's prices: what training this configuration costs. (The trial unit's whole cost,
+    process start and data loading included, is the unit's cost in status.)"""
+    values: list[float] = []
+    for objective in spec.tuning.objective_list:
+        if objective.name == "cost":
+            cost = trial_cost(spec, train_seconds(summary))
+            if cost is None:
+                return None, "cost: the plan has no trial unit to price"
+            values.append(cost)
+        elif objective.name == "trainSeconds":
+            values.append(train_seconds(summary))
+        else:
+            value = objective_value(summary, objective.name, objective.resolved_direction)
+            if value is None:
+                return None, (f"{objective.name} was never finite "
+                              f"({summary.get('stop_reason') or 'diverged'})")
+            values.append(value)
+    return values, None
+
+
+def train_seconds(summary: dict[str, Any]) -> float:
+    """Seconds the training spent in its epochs (the whole run's when it reports none)."""
+    epochs = summary.get("epoch_seconds")
+    if isinstance(epochs, list) and epochs:
+        return round(float(sum(epochs)), 4)
+    return float(summary.get("seconds") or 0.0)
+
+
 def die_with_parent() -> None:
     """Under a local executor (``EXECUTOR_PID_ENV``): get SIGTERM when it dies, even by SIGKILL."""
     parent = os.environ.get(EXECUTOR_PID_ENV)
@@ -138,19 +180,27 @@ def run_trial(spec: TrainingJobSpec, args: argparse.Namespace, study: optuna.Stu
     # First, so whoever started this process knows which trial it owns (to fail it if we die).
     reporter.event("trial", number=number, params=params, state="running", pid=os.getpid())
     trial.set_user_attr("epochs_planned", planned)
-    metric, direction = spec.tuning.objective.metric, spec.tuning.objective.direction
+    objective = spec.tuning.metric_objective
+    # Optuna prunes single-objective studies only (the spec refuses a pruner with several).
+    prunable = not spec.tuning.multi_objective
+    metrics_needed = [o.name for o in spec.tuning.objective_list if o.is_metric]
     reported: list[int] = []
 
     def on_epoch(metrics: dict[str, float]) -> bool:
-        if metric not in metrics:
-            raise KeyError(f"tuning.objective.metric {metric} is not among the metrics this "
-                           f"training reports: {', '.join(sorted(metrics))}")
-        trial.report(float(metrics[metric]), int(metrics["epoch"]))
+        for metric in metrics_needed:
+            if metric not in metrics:
+                raise KeyError(f"tuning objective {metric} is not among the metrics this "
+                               f"training reports: {', '.join(sorted(metrics))}")
         reported.append(int(metrics["epoch"]))
+        if not prunable:
+            return False
+        trial.report(float(metrics[objective.metric]), int(metrics["epoch"]))
         # Pruning after the last epoch saves nothing: the trial has run; let it complete.
         return int(metrics["epoch"]) < planned and trial.should_prune()
 
-    state, value, error, epochs_run = TrialState.FAIL, None, None, 0
+    state, error, epochs_run = TrialState.FAIL, None, 0
+    values: list[float] | None = None
+    summary: dict[str, Any] = {}
     code, problems = 1, []
     try:
         # The built-in trainer in-process, or the user's program (training.command) as a child.
@@ -167,11 +217,7 @@ def run_trial(spec: TrainingJobSpec, args: argparse.Namespace, study: optuna.Stu
         elif summary.get("stop_reason") == "pruned":
             state, code = TrialState.PRUNED, 0
         else:
-            value = objective_value(summary, metric, direction)
-            if value is None:
-                error = f"{metric} was never finite ({summary.get('stop_reason') or 'diverged'})"
-            else:
-                state, code = TrialState.COMPLETE, 0
+            state, code = TrialState.COMPLETE, 0  # once its objectives are known (below)
     except Terminated:
         error, code = "terminated", 143
     except (DatasetError, train.SpecProblem) as exc:
@@ -186,19 +232,35 @@ def run_trial(spec: TrainingJobSpec, args: argparse.Namespace, study: optuna.Stu
     # A second SIGTERM must not cut the study's journal write in half.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     seconds = round(time.time() - started, 3)
+    cost = trial_cost(spec, train_seconds(summary)) if summary else None
+    if state == TrialState.COMPLETE:
+        values, error = objective_values(spec, summary)
+        if values is None:
+            state, code = TrialState.FAIL, 1
     trial.set_user_attr("epochs_run", epochs_run)
     trial.set_user_attr("seconds", seconds)
+    if cost is not None:
+        trial.set_user_attr("cost", cost)
+    if summary:
+        trial.set_user_attr("train_seconds", train_seconds(summary))
     if error:
         trial.set_user_attr("error", error[:500])
-    frozen = study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    frozen = study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+    told = frozen.values or []
+    value = told[metric_index(spec.tuning)] if told else None
     fields: dict[str, Any] = {"trial": number, "state": state_name(frozen.state),
-                              "value": frozen.value, "params": params,
-                              "epochs_run": epochs_run, "seconds": seconds}
+                              "value": value, "params": params, "epochs_run": epochs_run,
+                              "seconds": seconds, "cost": cost}
+    if spec.tuning.multi_objective and told:
+        fields["values"] = dict(zip([o.name for o in spec.tuning.objective_list], told,
+                                    strict=True))
+    if summary:
+        fields["train_seconds"] = train_seconds(summary)
     if error:
         fields["error"] = error[:500]
     if problems:
         fields["problems"] = problems
-    reporter.event("trial", number=number, state=fields["state"], value=frozen.value,
+    reporter.event("trial", number=number, state=fields["state"], value=value,
                    params=params, epoch=epochs_run, **({"error": fields["error"]} if error
                                                       else {}))
     reporter.result(fields)

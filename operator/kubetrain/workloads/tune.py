@@ -70,7 +70,7 @@ def _storage_label(spec: TrainingJobSpec, storage: Path) -> str:
 def write_trials_table(study: optuna.Study, spec: TrainingJobSpec, storage: Path) -> Path:
     """Every trial of the study (number, state, params, value, epochs, seconds) as JSON."""
     path = tuning_dir(storage) / TRIALS_FILE
-    write_json_atomic(path, [trial_row(t, spec.tuning.search_space)
+    write_json_atomic(path, [trial_row(t, spec.tuning.search_space, spec.tuning)
                              for t in study.get_trials(deepcopy=False)])
     return path
 
@@ -84,9 +84,9 @@ def summary(study: optuna.Study, spec: TrainingJobSpec, args: argparse.Namespace
         "unit": unit, "status": status, "backend": spec.tuning.backend,
         "study": study.study_name,
         "storage": _storage_label(spec, args.storage),
-        "objective": {"metric": spec.tuning.objective.metric,
-                      "direction": spec.tuning.objective.direction},
-        **summarize(study, spec.tuning.search_space),
+        "objective": {"metric": spec.tuning.metric_objective.metric,
+                      "direction": spec.tuning.metric_objective.direction},
+        **summarize(study, spec.tuning.search_space, spec.tuning),
         **sweep_totals(trials, spec),
         "trials_table": str(table),
         "seconds": round(time.time() - started, 3),
