@@ -83,7 +83,7 @@ def training_args(job: Path, storage: Path, number: int, params: dict[str, Any],
         # A tuned `epochs` is in params already; --epochs would override it.
         epochs=None if "epochs" in params else epochs,
         result=storage / unit / "result.json", base_dir=base_dir, data_root=data_root,
-        workdir=workdir, program_dir=program_dir,
+        workdir=workdir, program_dir=program_dir, remediation=None,
     )
 
 
