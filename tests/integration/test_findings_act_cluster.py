@@ -1,4 +1,5 @@
-"""Findings that act, on a real cluster: the remediation example applied with kubectl."""
+"""Findings that act, on a real cluster: the remediation and cost-aware sweep examples
+applied with kubectl."""
 
 from __future__ import annotations
 
@@ -31,3 +32,24 @@ def test_remediate_example_retrains_in_pods_and_delivers_the_chosen_attempt(
     units = {p["metadata"]["labels"]["kubetrain.io/unit"]
              for p in get_json("pods", "-n", namespace)["items"]}
     assert {a["unit"] for a in attempts[1:]} <= units
+
+
+def test_cost_aware_sweep_example_selects_from_the_front_in_trial_pods(
+        namespace: str, operator: Any) -> None:
+    kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "cost-aware-sweep.yaml"))
+    status = wait_phase(namespace, "cost-aware-sweep", ("Succeeded", "Failed"), timeout=600)
+    assert status["phase"] == "Succeeded", json.dumps(status)[:3000]
+    tuning = status["tuning"]
+    assert tuning["objectives"] == ["val_accuracy", "cost"]
+    assert tuning["trials"]["complete"] == 6
+    front = tuning["paretoFront"]
+    selection = tuning["selection"]
+    assert front and selection["trial"] in {e["trial"] for e in front}
+    assert selection["metricLost"] <= 0.01 + 1e-9 and selection["saved"] >= 0
+    # the selected trial's parameters trained the final model
+    assert tuning["best"]["trial"] == selection["trial"]
+    assert status["training"]["epochs"] == tuning["best"]["params"]["epochs"]
+    trials = [u for n, u in status["stages"]["tuning"]["units"].items()
+              if n.startswith("trial-")]
+    assert len(trials) == 6 and all(u["cost"] > 0 for u in trials)
+    assert tuning["trialsCost"] == pytest.approx(sum(u["cost"] for u in trials), abs=1e-5)
