@@ -90,6 +90,22 @@ def _remove_stale_namespaces() -> None:
         kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+def _wait_for_served_schema(env: dict[str, str]) -> None:
+    """An updated CRD is Established at once (the old one was), but the API server validates
+    with its new schema a moment later: wait until it accepts every example (server dry run)."""
+    examples = [str(p) for p in sorted((REPO / "examples").glob("*.yaml"))]
+    deadline = time.time() + 60
+    while True:
+        dry = subprocess.run(["kubectl", "apply", "--dry-run=server", "-n", "default",
+                              *[arg for path in examples for arg in ("-f", path)]],
+                             capture_output=True, text=True, env=env)
+        if dry.returncode == 0:
+            return
+        if time.time() > deadline:
+            raise AssertionError(f"the examples do not pass the served CRD schema: {dry.stderr}")
+        time.sleep(1)
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[dict[str, str]]:
     env = _cluster_env()
@@ -107,6 +123,7 @@ def cluster() -> Iterator[dict[str, str]]:
                    capture_output=True, env=env)
     subprocess.run(["kubectl", "wait", "--for=condition=Established", "--timeout=60s",
                     "crd/trainingjobs.kubetrain.io"], check=True, capture_output=True, env=env)
+    _wait_for_served_schema(env)
     _remove_stale_namespaces()
     yield env
 
