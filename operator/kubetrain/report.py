@@ -93,10 +93,18 @@ class Reporter:
     """Emits progress events and the final result. Only rank 0 of a DDP gang reports."""
 
     def __init__(self, result_path: Path | None, *, enabled: bool = True,
-                 stream: TextIO | None = None) -> None:
+                 stream: TextIO | None = None, usage_series: Path | None = None) -> None:
+        """With ``usage_series`` (the units do), a sampler measures what the unit's process
+        tree uses (``kubetrain.usage``) from now to the result, which gets its summary as
+        ``usage``; the series goes to that file."""
         self.result_path = result_path
         self.enabled = enabled
         self.stream = stream or sys.stdout
+        self.usage: Any = None
+        if enabled and usage_series is not None:
+            from .usage import UsageSampler, unit_root
+
+            self.usage = UsageSampler(root=unit_root(), series_path=usage_series).start()
 
     def event(self, event: str, **fields: Any) -> None:
         if self.enabled:
@@ -105,6 +113,8 @@ class Reporter:
     def result(self, summary: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if self.usage is not None:
+            summary = {**summary, "usage": self.usage.stop()}
         text = compact_result(summary)
         if self.result_path is not None:
             self.result_path.parent.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,9 @@ def test_small_job_succeeds_with_findings_columns_and_events(namespace: str,
     assert cost["total"] > 0 and cost["byStage"]["training"]["seconds"] > 0
     unit = status["stages"]["training"]["units"]["train"]
     assert unit["phase"] == "Succeeded" and unit["result"]["status"] == "succeeded"
+    # measured inside the pod: what the unit used against its requests
+    assert unit["result"]["usage"]["samples"] >= 4 and unit["result"]["usage"]["cpu_p95"] > 0
+    assert status["findings"]["utilization"]["measuredUnits"] >= 1
     table = kubectl("get", "tj", "-n", namespace).stdout
     for column in ("PHASE", "STAGE", "PROGRESS", "BEST", "OVERFIT", "COST", "AGE"):
         assert column in table

@@ -72,3 +72,18 @@ def test_cost_aware_tuning_bench_runs_both_arms_and_compares_them(
     assert pair["cost_ratio"] == pytest.approx(
         rows["cost-aware"]["final_cost"] / rows["single"]["final_cost"])
     assert "--- cost-nsga2 against single" in capsys.readouterr().out
+
+
+def test_usage_overhead_bench_times_both_arms_and_the_sampler(tmp_path: Path) -> None:
+    path = BENCH.parent / "usage_overhead.py"
+    spec = importlib.util.spec_from_file_location("kubetrain_bench_usage_overhead", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        row = module.main(["--rounds", "1", "--steps", "3", "--json", str(tmp_path / "o.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert row["step_ms_off"] > 0 and row["step_ms_on"] > 0 and row["sample_ms"] > 0
+    assert json.loads((tmp_path / "o.json").read_text()) == row

@@ -47,6 +47,8 @@ def test_digits_runs_all_four_stages_reaches_95_percent_without_overfitting(
     training = status["training"]
     assert training["testMetrics"]["test_accuracy"] >= 0.95
     assert status["findings"]["overfitting"]["verdict"] == "none"
+    # every unit that does the job's work measured what it used (findings.utilization)
+    assert status["findings"]["utilization"]["measuredUnits"] >= 5
     # Augmentation doubled the training split, class by class.
     augmentation = status["augmentation"]
     assert all(augmentation["countsAfter"][c] == 2 * n

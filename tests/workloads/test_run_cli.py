@@ -150,3 +150,28 @@ def test_output_to_stdout_is_the_resource_with_status(tmp_path: Path,
     assert job["kind"] == "TrainingJob" and job["metadata"]["name"] == "test-job"
     assert job["status"]["phase"] == "Succeeded"
     assert job["status"]["training"]["epoch"] == 2
+
+
+def test_a_unit_requesting_far_more_than_it_uses_gets_right_sizing_findings(
+        tmp_path: Path, write_manifest: Any) -> None:
+    # 8 GiB for a digits MLP that peaks under 1 GiB; 8 cores on a 2-core machine (the trainer
+    # takes 8 threads, but there are 2 cores to run them).
+    manifest = base_manifest(training={"epochs": 30, "batchSize": 32, "learningRate": 0.003,
+                                       "resources": {"cpu": "8", "memory": "8Gi"}})
+    out = tmp_path / "out.yaml"
+    proc = kubetrain("run", str(write_manifest(manifest)), "--storage", str(tmp_path / "s"),
+                     "-o", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    status = yaml.safe_load(out.read_text())["status"]
+    utilization = status["findings"]["utilization"]
+    assert utilization["measuredUnits"] >= 1
+    assert utilization["memoryUsedShare"] < 0.15 and utilization["cpuUsedShare"] <= 0.3
+    issues = {i["kind"]: i for i in utilization["issues"]}
+    memory = issues["memoryOverRequested"]
+    assert memory["field"] == "training.resources.memory" and memory["current"] == "8Gi"
+    assert memory["saving"] > 0 and memory["units"] == ["train"]
+    assert issues["cpuOverRequested"]["saving"] > 0
+    # the unit's own measurement, and its series in the job's storage
+    usage = status["stages"]["training"]["units"]["train"]["result"]["usage"]
+    assert usage["samples"] >= 4 and usage["cpu_p95"] > 0.3
+    assert (tmp_path / "s" / "train" / "usage.jsonl").exists()

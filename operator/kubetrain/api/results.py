@@ -27,6 +27,26 @@ TRUNCATED = "truncated:"
 ResultStatus = Literal["succeeded", "failed", "terminated"]
 
 
+class UnitUsage(BaseModel):
+    """What the unit's process tree used (``kubetrain.usage``): CPU in cores, memory and GPU
+    memory in GiB, GPU utilisation in %. None where not measured (no GPU, no samples)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    seconds: float = 0.0
+    samples: int = 0
+    series: str | None = None
+    cpu_mean: float | None = None
+    cpu_p95: float | None = None
+    memory_peak_gib: float | None = None
+    gpu_util_median: float | None = None
+    gpu_util_mean: float | None = None
+    gpu_memory_peak_gib: float | None = None
+    gpu_memory_total_gib: float | None = None
+    gpu_watts_mean: float | None = None
+    cpu_mean_while_gpu_low: float | None = None
+
+
 class UnitResult(BaseModel):
     """Fields every unit reports."""
 
@@ -42,6 +62,8 @@ class UnitResult(BaseModel):
     unavailable: str | None = None
     """The data cannot be had (no such object, refused credentials, no answer): the job fails
     with reason DataUnavailable, and nothing is retried."""
+    usage: UnitUsage | None = None
+    """What the unit used (measured in the unit), for findings.utilization."""
 
 
 class FetchResult(UnitResult):

@@ -105,6 +105,8 @@ class UnitStatus(StatusModel):
     study, not counted, and replaced by a new trial."""
     result: dict[str, Any] = Field(default_factory=dict)
     """The unit's result summary (its termination message), without bulky lists."""
+    exit_reason: str | None = None
+    """Why its last attempt's process or pod ended, as the executor saw it (OOMKilled, ...)."""
 
 
 class StageStatus(StatusModel):
@@ -349,12 +351,48 @@ class ExplanationFinding(StatusModel):
     artifact: str | None = None
 
 
+UtilizationKind = Literal["cpuOverRequested", "memoryOverRequested", "oomKilled",
+                          "lowGpuUtilization", "gpuMemoryHeadroom", "dataLoadingBound"]
+
+
+class UtilizationIssue(StatusModel):
+    """One way the job used its hardware badly, with the spec field to change."""
+
+    kind: UtilizationKind
+    units: list[str] = Field(default_factory=list)
+    """The units it was seen in."""
+    message: str
+    field: str
+    """The spec field to change, e.g. ``training.resources.cpu``."""
+    current: str | None = None
+    suggested: str | None = None
+    """A value that would have fitted what the units used (with headroom)."""
+    saving: float | None = None
+    """What the job would have cost less with the suggested value (or the idle GPU share's
+    cost, for low utilisation), in the price currency."""
+
+
+class UtilizationFinding(StatusModel):
+    """What the work units used against what they requested (measured in each unit)."""
+
+    measured_units: int = 0
+    cpu_used_share: float | None = None
+    """The peak (95th percentile) cores used over cores requested, highest of the units sized
+    by training.resources."""
+    memory_used_share: float | None = None
+    """Peak memory used over memory requested, highest of those units."""
+    gpu_util_median: float | None = None
+    """Median GPU utilisation (%) of the units with GPUs, weighted by their seconds."""
+    issues: list[UtilizationIssue] = Field(default_factory=list)
+
+
 class Findings(StatusModel):
-    """What kubetrain found about the run: overfitting, cost, explanations."""
+    """What kubetrain found about the run: overfitting, cost, explanations, utilisation."""
 
     overfitting: OverfittingFinding | None = None
     cost: CostFinding | None = None
     explanation: ExplanationFinding | None = None
+    utilization: UtilizationFinding | None = None
 
 
 class TrainingJobStatus(StatusModel):

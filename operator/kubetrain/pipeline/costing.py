@@ -7,10 +7,11 @@ stop work that is still running.
 
 from __future__ import annotations
 
-from ..api.results import TrainingResult, TuningResult
+from ..api.results import TrainingResult, TuningResult, UnitResult
 from ..api.spec import TrainingJobSpec
-from ..api.status import CostFinding, TrainingJobStatus
+from ..api.status import CostFinding, TrainingJobStatus, UtilizationFinding
 from ..findings.cost import Usage, hourly_rate, stage_cost, summarize_cost
+from ..findings.utilization import UnitUse, analyze_utilization
 from .plan import TRIAL_PREFIX, Plan, WorkUnit, plan
 
 
@@ -63,3 +64,20 @@ def job_cost(plan: Plan, spec: TrainingJobSpec, status: TrainingJobStatus,
         by_stage = finding.by_stage.get(name)
         stage_status.cost = by_stage.cost if by_stage is not None else None
     return finding
+
+
+def job_utilization(plan: Plan, spec: TrainingJobSpec,
+                    status: TrainingJobStatus) -> UtilizationFinding | None:
+    """The utilisation finding from every ended unit's measured usage and exit reason."""
+    units: list[UnitUse] = []
+    for stage in status.stages.values():
+        for name, unit_status in stage.units.items():
+            unit = plan.unit(name)
+            if unit is None or not unit_status.seconds:
+                continue
+            result = UnitResult.model_validate(unit_status.result or {})
+            units.append(UnitUse(
+                name=name, requested=unit_usage(unit, unit_status.seconds),
+                sized=unit.sized,
+                usage=result.usage, exit_reason=unit_status.exit_reason))
+    return analyze_utilization(units, spec)

@@ -38,7 +38,7 @@ from ..api.status import (
 )
 from . import status as st
 from .actions import Context, Launch, Observation, Seen, Step
-from .costing import job_cost
+from .costing import job_cost, job_utilization
 from .plan import Plan, Stage, TrialSweep, UnitGroup, WorkUnit
 from .remediating import TOLERATED_FAILURES, RemediationSteps
 
@@ -379,6 +379,7 @@ class _Engine(RemediationSteps):
         self.status.findings.cost = job_cost(
             self.plan, self.spec, self.status, train,
             summary if isinstance(summary, TuningResult) else None)
+        self.status.findings.utilization = job_utilization(self.plan, self.spec, self.status)
         self._apply_remediation()  # after the cost: each attempt's cost is in its record
 
     def _over_budget(self) -> bool:

@@ -42,6 +42,9 @@ class WorkUnit:
     """A helper that serves its group while it runs (the study server); it never finishes."""
     study_client: bool = False
     """Reaches the sweep's study server: the executor adds ``--study-server ADDRESS``."""
+    sized: bool = False
+    """Its requests come from training.resources (the units that do the job's work), not a
+    fixed helper's: what findings.utilization judges."""
     image: str | None = None
     """The unit's own image (training.image: the training stage and the trials); None: the
     job's image (spec.image), else the operator's worker image."""
@@ -198,7 +201,7 @@ def _training(spec: TrainingJobSpec) -> Stage:
         return WorkUnit(name=name, stage="training", kind=kind, module=training_module(spec),
                         args=("--unit", name, *args), nodes=res.nodes,
                         nproc_per_node=res.workers_per_node, gpus_per_node=res.gpus_per_node,
-                        cpu=cpu, memory_gib=memory, image=spec.training.image)
+                        cpu=cpu, memory_gib=memory, image=spec.training.image, sized=True)
 
     folds = spec.training.cross_validation.folds if spec.training.cross_validation else 0
     # Folds one after another: each asks for the training stage's whole resources.
@@ -220,7 +223,7 @@ def _one_process(spec: TrainingJobSpec, name: str, stage: str, kind: UnitKind, m
     """A one-process work unit: one training worker's share of a node (at most one GPU)."""
     res = spec.training.resources
     return WorkUnit(name=name, stage=stage, kind=kind, module=module, args=args,
-                    gpus_per_node=min(res.gpus_per_node, 1),
+                    gpus_per_node=min(res.gpus_per_node, 1), sized=True,
                     cpu=max(0.1, parse_cpu(res.cpu) / res.workers_per_node),
                     memory_gib=max(0.25, parse_memory_gib(res.memory) / res.workers_per_node))
 

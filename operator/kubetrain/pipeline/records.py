@@ -154,6 +154,7 @@ class UnitRecords:
             tail = [result.message]
         message = f"{unit.name} {detail}" + (f": {tail[0][:300]}" if tail else "")
         record.completion_time = self.at
+        record.exit_reason = seen.reason
         if result is not None:
             record.result = _compact(seen.result or {})
         if result is not None and result.unavailable:

@@ -28,6 +28,7 @@ from ..augment import store as st
 from ..data import Dataset, DatasetError, load_dataset, split_dataset
 from ..findings.remediation import apply_changes, changes_from_json
 from ..report import Reporter, default_result_path, refuse, write_json_atomic
+from ..usage import USAGE_FILE
 from .args import add_common_arguments, add_remediation_argument
 
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise AugmentationError(f"--shard {args.shard} is outside 0..{shards - 1} (--shards)")
     unit = args.unit or ("augment-merge" if args.merge else f"augment-{args.shard}")
     result_path = args.result or default_result_path() or args.storage / unit / "result.json"
-    reporter = Reporter(result_path)
+    reporter = Reporter(result_path, usage_series=args.storage / unit / USAGE_FILE)
     if args.whole:
         run_shard(spec, args, 0, 1, unit, reporter)
         summary = merge(spec, args.storage, 1, unit, reporter)

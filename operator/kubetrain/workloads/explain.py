@@ -32,6 +32,7 @@ from ..explain import (
     write_outputs,
 )
 from ..report import MAX_RESULT_BYTES, Reporter, default_result_path
+from ..usage import USAGE_FILE
 from .args import add_common_arguments
 
 COMPLETENESS_WARNING = 0.05
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec: TrainingJobSpec = job.spec
     unit_dir = args.storage / args.unit
     result_path = args.result or default_result_path() or unit_dir / "result.json"
-    reporter = Reporter(result_path)
+    reporter = Reporter(result_path, usage_series=unit_dir / USAGE_FILE)
     model_path = args.model or trained_model_path(args.storage)
     device = default_device() if args.device == "auto" else torch.device(args.device)
     trained = load_trained_model(model_path, device)

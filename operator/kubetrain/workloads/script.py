@@ -39,6 +39,7 @@ from ..findings.overfitting import analyze_overfitting, should_stop_for_overfitt
 from ..launcher import cancel
 from ..pipeline.params import apply_params, program_params
 from ..report import Reporter, parse_event, refuse, write_json_atomic
+from ..usage import USAGE_FILE
 from .program import ChildProgram, ContainerProgram, Program
 from .train import HISTORY_FILE, SpecProblem, parse_args, result_path, training_data
 from .trainer import OVERFITTING_STOP, EpochCallback
@@ -201,7 +202,11 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
     # pod has one (PET_NODE_RANK), and torchrun runs in the program's container.
     rank = int(os.environ.get("RANK") or os.environ.get("PET_NODE_RANK") or "0")
     main_rank = rank == 0
-    reporter = Reporter(result_path(args), enabled=main_rank)
+    # Beside a program container the program's processes are not this runner's: its own
+    # tree would say the unit used nothing, so such a unit is not measured.
+    reporter = Reporter(result_path(args), enabled=main_rank,
+                        usage_series=None if args.program_dir else
+                        args.storage / args.unit / USAGE_FILE)
     env = program_environment(spec, args, where, params, epochs)
     command = substitute(user_command, placeholder_values(env, params), params)
     if program_dir is None:

@@ -38,6 +38,7 @@ from ..findings.remediation import apply_changes, changes_from_json
 from ..models import ModelError, build_model
 from ..pipeline.params import apply_params
 from ..report import Reporter, default_result_path, refuse, write_json_atomic
+from ..usage import USAGE_FILE
 from . import checkpoint as ckpt
 from .args import add_common_arguments, add_remediation_argument
 from .distributed import DistContext, init_distributed, shutdown
@@ -142,7 +143,8 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
     _set_threads(spec)
     ctx: DistContext = init_distributed(use_gpu=spec.training.resources.gpus_per_node > 0)
     unit_dir = args.storage / args.unit
-    reporter = Reporter(result_path(args), enabled=ctx.is_main)
+    reporter = Reporter(result_path(args), enabled=ctx.is_main,
+                        usage_series=unit_dir / USAGE_FILE)
     try:
         result = _train(spec, args, ctx, unit_dir, reporter, on_epoch)
     except BaseException:

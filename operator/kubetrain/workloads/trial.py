@@ -43,6 +43,7 @@ from ..tuning.study import (
     state_name,
     trial_epochs,
 )
+from ..usage import USAGE_FILE
 from . import script, train
 from .args import add_common_arguments
 
@@ -176,7 +177,8 @@ def run_trial(spec: TrainingJobSpec, args: argparse.Namespace, study: optuna.Stu
     params = decode_params(spec.tuning.search_space, trial.params)
     planned = trial_epochs(spec, params)
     unit_dir = args.storage / trial_unit(number)
-    reporter = Reporter(args.result or default_result_path() or unit_dir / RESULT_FILE)
+    reporter = Reporter(args.result or default_result_path() or unit_dir / RESULT_FILE,
+                        usage_series=unit_dir / USAGE_FILE)
     # First, so whoever started this process knows which trial it owns (to fail it if we die).
     reporter.event("trial", number=number, params=params, state="running", pid=os.getpid())
     trial.set_user_attr("epochs_planned", planned)
