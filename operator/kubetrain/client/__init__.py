@@ -26,8 +26,9 @@ from ..api.resource import (
 )
 from ..api.spec import TrainingJobSpec
 from ..api.status import Phase, TrainingJobStatus
+from ..findings.cost import format_money
 from .errors import AlreadyExists, ClientError, Forbidden, InvalidSpec, NotFound, WaitTimeout
-from .events import ProgressEvent, describe, format_money, progress_events
+from .events import ProgressEvent, describe, progress_events
 from .kube import KubeBackend
 from .local import LocalBackend
 
@@ -128,10 +129,14 @@ class Client:
     def list(self) -> list[TrainingJob]:
         return self._backend.list()
 
+    def statuses(self, name: str, timeout: float | None = None) -> Iterator[TrainingJobStatus]:
+        """The job's status now, then each new one, until it ends (or ``timeout``)."""
+        return self._backend.statuses(name, timeout)
+
     def watch(self, name: str, timeout: float | None = None) -> Iterator[ProgressEvent]:
         """The job's progress events as they happen, until it ends (or ``timeout``)."""
         before: TrainingJobStatus | None = None
-        for status in self._backend.statuses(name, timeout):
+        for status in self.statuses(name, timeout):
             yield from progress_events(before, status)
             before = status
 

@@ -6,11 +6,11 @@ engine's steps locally), so a callback hears the same events from either.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 from ..api.status import Phase, StagePhase, TrainingJobStatus
+from ..findings.cost import format_money
 
 EventKind = Literal["phase", "stage", "progress", "finding"]
 
@@ -22,14 +22,6 @@ class ProgressEvent:
     kind: EventKind
     message: str
     status: TrainingJobStatus
-
-
-def format_money(amount: float, currency: str) -> str:
-    """``0.42 USD``; small amounts keep two significant digits (``0.000031 USD``, not 3e-05)."""
-    if amount <= 0:
-        return f"0.00 {currency}"
-    decimals = max(2, 1 - math.floor(math.log10(amount)))
-    return f"{amount:.{decimals}f} {currency}"
 
 
 def _cost_text(status: TrainingJobStatus) -> str | None:
