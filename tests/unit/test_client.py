@@ -76,15 +76,15 @@ def _status(**kwargs: object) -> TrainingJobStatus:
 
 
 def test_progress_events_report_changes_only() -> None:
-    first = _status(phase="Running", currentStage="training", progress="2/6 epochs",
+    first = _status(phase="Running", currentStage="training", progress="epoch 2/6",
                     stages={"training": {"phase": "Running"}})
     events = progress_events(None, first)
     assert [(e.kind, e.message) for e in events] == [
         ("phase", "phase Running"), ("stage", "training running"),
-        ("progress", "training: 2/6 epochs")]
+        ("progress", "training: epoch 2/6")]
     assert progress_events(first, first) == []
-    later = first.model_copy(update={"progress": "3/6 epochs"})
-    assert [e.message for e in progress_events(first, later)] == ["training: 3/6 epochs"]
+    later = first.model_copy(update={"progress": "epoch 3/6"})
+    assert [e.message for e in progress_events(first, later)] == ["training: epoch 3/6"]
 
 
 def test_findings_and_the_final_cost_are_events() -> None:
@@ -164,3 +164,36 @@ def test_api_errors_become_typed_errors() -> None:
         {"field": "spec.training.epochs", "message": "must be >= 1"}]}}), "TrainingJob a")
     assert isinstance(invalid, InvalidSpec)
     assert invalid.problems == ["spec.training.epochs: must be >= 1"]
+
+
+def test_submit_wait_shows_the_run_commands_lines_from_statuses() -> None:
+    from kubetrain.client.display import StatusDisplay
+    from kubetrain.local.display import Display
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    feed = StatusDisplay(Display(enabled=False, console=console))
+    running = {"phase": "Running", "stages": {"training": {"phase": "Running", "units": {
+        "train": {"phase": "Running"}}}}}
+    for epoch in (1, 2, 2):
+        feed.update(_status(**running, training={"epoch": epoch, "epochs": 6, "metrics": {
+            "train_loss": 0.5, "val_loss": 0.25, "val_accuracy": 0.9}}))
+    feed.update(_status(phase="Succeeded", stages={"training": {"phase": "Succeeded", "units": {
+        "train": {"phase": "Succeeded"}, "report": {"phase": "Succeeded"}}}}))
+    assert console.export_text().splitlines() == [
+        "training: starting train",
+        "train epoch 1/6 loss 0.5000  val_loss 0.2500  val_acc 0.9000",
+        "train epoch 2/6 loss 0.5000  val_loss 0.2500  val_acc 0.9000",
+        "train: done"]
+
+
+def test_submit_refuses_a_bad_manifest_before_reaching_a_cluster(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[
+                                                                     str]) -> None:
+    from kubetrain.cli import EXIT_INVALID, main
+
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps({"spec": {**SPEC, "training": {"epochs": 3, "optimiser": "x"}}}))
+    assert main(["submit", str(path), "-n", "nowhere"]) == EXIT_INVALID
+    error = capsys.readouterr().err
+    assert "spec.training.optimiser: unknown field; did you mean `optimizer`?" in error

@@ -23,7 +23,7 @@ def test_the_notebook_example_runs_locally(tmp_path: Path) -> None:
         [sys.executable, str(EXAMPLES / "notebook" / "digits_client.py"), "--executor", "local",
          "--epochs", "3", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "[progress] training: 3/3 epochs" in proc.stdout
+    assert "[progress] training: epoch 3/3" in proc.stdout
     assert "[finding] overfitting: none" in proc.stdout
     assert "e-0" not in proc.stdout.split("TrainingJob digits-")[1]  # money, not 3e-05
     assert (out / "train" / "model.pt").is_file() and (out / "report.md").is_file()

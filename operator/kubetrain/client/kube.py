@@ -22,7 +22,8 @@ from .. import __version__
 from ..api.resource import GROUP, PLURAL, VERSION, TrainingJob
 from ..api.status import Phase, TrainingJobStatus
 from ..controller import kube
-from ..controller.builders import LABEL_JOB
+from ..controller.builders import LABEL_JOB, LABEL_UNIT
+from ..pipeline.plan import REPORT_UNIT
 from .errors import AlreadyExists, ClientError, Forbidden, InvalidSpec, NotFound
 from .pods import ARTIFACTS_MOUNT, artifact_pod, choose_pod, storage_location
 
@@ -172,6 +173,7 @@ class KubeBackend:
         afterwards): the caller needs rights to create pods and exec into them."""
         job = self.get(name)
         claim, folder = storage_location(job)
+        self._wait_for_report(name)
         pod_name = f"{name[:40]}-artifacts-{uuid.uuid4().hex[:5]}"
         body = artifact_pod(job.model_copy(update={"metadata": job.metadata.model_copy(
             update={"namespace": self.namespace})}), claim, self._image(job), pod_name)
@@ -189,6 +191,17 @@ class KubeBackend:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
             archive.extractall(destination, filter="data")
         return destination
+
+    def _wait_for_report(self, name: str) -> None:
+        """The report unit starts when the job ends and writes report.md: let it finish."""
+        deadline = time.monotonic() + POD_READY_SECONDS
+        while time.monotonic() < deadline:
+            running = [p for p in self._pods(name)
+                       if (p["metadata"].get("labels") or {}).get(LABEL_UNIT) == REPORT_UNIT
+                       and (p.get("status") or {}).get("phase") in ("Pending", "Running")]
+            if not running:
+                return
+            time.sleep(1)
 
     def _wait_running(self, pod_name: str) -> None:
         deadline = time.monotonic() + POD_READY_SECONDS

@@ -105,7 +105,11 @@ class LocalBackend:
                                      or not run.thread.is_alive(),
                                      timeout=left)
                 seen = run.version
-            yield self.get(name).status or TrainingJobStatus()
+            status = self.get(name).status or TrainingJobStatus()
+            if Phase(status.phase).terminal:
+                # The run ends after the report unit (report.md) and the stopped units are done.
+                run.thread.join(left)
+            yield status
             if not run.thread.is_alive():
                 if run.error is not None:
                     raise ClientError(f"the local run of {name} failed: {run.error}")
@@ -162,6 +166,3 @@ def _read(path: Path, follow: object) -> Iterator[str]:
             return
         time.sleep(FOLLOW_INTERVAL)
 
-
-def finished(status: TrainingJobStatus) -> bool:
-    return Phase(status.phase).terminal
