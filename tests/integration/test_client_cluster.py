@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s import REPO, get_json, small_job, wait_for
+from k8s import REPO, get_json, kubectl, small_job, wait_for
 from support import kubetrain
 
 pytestmark = pytest.mark.cluster
@@ -53,6 +53,8 @@ def test_logs_errors_and_suspend_through_the_client(namespace: str, operator: An
     assert done.status is not None and done.status.phase == "Succeeded"
     lines = list(client.logs("logged", unit="train"))
     assert lines, "the train pod's log is empty"
+    # following the log of a pod that has ended returns once the log is read
+    assert list(client.logs("logged", unit="train", follow=True)) == lines
     with pytest.raises(NotFound, match="units with pods"):
         list(client.logs("logged", unit="explain"))
     suspended = client.submit(small_job("paused", runPolicy={"suspend": True}))
@@ -70,6 +72,9 @@ def test_the_cli_against_the_cluster(namespace: str, operator: Any, tmp_path: Pa
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     assert f"trainingjob {namespace}/cli created" in submitted.stdout
     assert "train epoch 2/2" in submitted.stderr and "train: done" in submitted.stderr
+    # the printer columns: progress in epochs, cost as money with its currency
+    row = kubectl("get", "trainingjob", "cli", "-n", namespace).stdout.splitlines()[1]
+    assert "epoch 2/2" in row and " USD" in row and "e-0" not in row, row
     status = kubetrain("status", "cli", "-n", namespace)
     assert status.stdout.startswith("TrainingJob cli: Succeeded"), status.stdout
     assert " USD" in status.stdout and "e-0" not in status.stdout

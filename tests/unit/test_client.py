@@ -96,7 +96,9 @@ def test_findings_and_the_final_cost_are_events() -> None:
                                                    evidence=["gap 0.4 > 0.1 for 3 epochs"])
     done.findings.cost = CostFinding(total=4e-05, budget=BudgetStatus(
         max_cost=3e-05, spent=4e-05, exceeded=True))
-    messages = [e.message for e in progress_events(running, done) if e.kind == "finding"]
+    events = progress_events(running, done)
+    assert [e.kind for e in events][:2] == ["stage", "phase"]  # the stage ended, then the job
+    messages = [e.message for e in events if e.kind == "finding"]
     assert messages == ["overfitting: overfitting (gap 0.4 > 0.1 for 3 epochs)",
                         "budget exceeded: spent 4e-05 of 3e-05", "cost 0.000040 USD"]
 
@@ -197,3 +199,67 @@ def test_submit_refuses_a_bad_manifest_before_reaching_a_cluster(tmp_path: Path,
     assert main(["submit", str(path), "-n", "nowhere"]) == EXIT_INVALID
     error = capsys.readouterr().err
     assert "spec.training.optimiser: unknown field; did you mean `optimizer`?" in error
+
+
+def test_a_manifest_for_another_namespace_is_refused_naming_the_field() -> None:
+    from kubetrain.client.kube import KubeBackend
+
+    backend = KubeBackend.__new__(KubeBackend)  # no API client: refused before any request
+    backend.namespace = "ml"
+    job, _ = job_from({"metadata": {"name": "a", "namespace": "prod"}, "spec": SPEC})
+    with pytest.raises(InvalidSpec, match=r"metadata\.namespace: prod differs from the "
+                       r"namespace asked for \(ml\)"):
+        backend.submit(job)
+
+
+class _FakeCustom:
+    """The custom-objects API as the watch sees it: gets return the latest object."""
+
+    def __init__(self) -> None:
+        self.gets = 0
+        self.latest = _raw("Pending", "1")
+
+    def get_namespaced_custom_object(self, *args: object) -> dict[str, object]:
+        self.gets += 1
+        return self.latest
+
+    def list_namespaced_custom_object(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("called only through the watch")
+
+
+def _raw(phase: str, version: str) -> dict[str, object]:
+    job, _ = job_from({"metadata": {"name": "w"}, "spec": SPEC})
+    body = job.to_manifest()
+    body["metadata"]["resourceVersion"] = version
+    body["status"] = {"phase": phase}
+    return body
+
+
+def test_waiting_follows_a_watch_and_recovers_from_an_expired_version(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetrain.client import kube
+
+    custom = _FakeCustom()
+    streams = [[{"type": "MODIFIED", "object": _raw("Running", "2")},
+                {"type": "ERROR", "object": {"code": 410, "message": "too old"}}],
+               [{"type": "MODIFIED", "object": _raw("Succeeded", "9")}]]
+    versions: list[object] = []
+
+    class FakeWatch:
+        def stream(self, func: object, *args: object, **kwargs: object) -> object:
+            versions.append(kwargs["resource_version"])
+            assert kwargs["field_selector"] == "metadata.name=w"
+            for event in streams.pop(0):
+                if event["type"] == "ERROR":  # meanwhile the job moved on
+                    custom.latest = _raw("Running", "5")
+                yield event
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(kube.watch, "Watch", FakeWatch)
+    backend = kube.KubeBackend.__new__(kube.KubeBackend)
+    backend.namespace, backend.custom = "ml", custom  # type: ignore[assignment]
+    phases = [s.phase for s in backend.statuses("w", timeout=30)]
+    assert phases == ["Pending", "Running", "Running", "Succeeded"]
+    assert versions == ["1", "5"] and custom.gets == 2  # one get at the start, one after 410

@@ -96,6 +96,7 @@ class Client:
         """``namespace``: the kubeconfig's current one by default. ``storage``: the local
         executor's folder (a job's files go to ``storage/<name>``; ./kubetrain-runs)."""
         self.executor = executor
+        self.namespace: str | None = None
         self._local: LocalBackend | None = None
         self._kube: KubeBackend | None = None
         if executor == "local":

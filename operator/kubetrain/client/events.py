@@ -38,7 +38,9 @@ def progress_events(before: TrainingJobStatus | None,
     def add(kind: EventKind, message: str) -> None:
         events.append(ProgressEvent(kind, message, after))
 
-    if before is None or old.phase != after.phase:
+    phase_changed = before is None or old.phase != after.phase
+    ended = Phase(after.phase).terminal
+    if phase_changed and not ended:
         add("phase", f"phase {after.phase}")
     for name, stage in after.stages.items():
         previous = old.stages.get(name)
@@ -50,6 +52,8 @@ def progress_events(before: TrainingJobStatus | None,
         where = f"{after.current_stage}: " if after.current_stage else ""
         add("progress", f"{where}{after.progress}" + (f" (best {after.best})"
                                                       if after.best else ""))
+    if phase_changed and ended:  # after the stages and progress that led to it
+        add("phase", f"phase {after.phase}")
     over, was = after.findings.overfitting, old.findings.overfitting
     if over and (was is None or was.verdict != over.verdict):
         add("finding", f"overfitting: {over.verdict}"
@@ -62,7 +66,7 @@ def progress_events(before: TrainingJobStatus | None,
                           old.findings.cost.budget if old.findings.cost else None)
     if budget and budget.exceeded and not (had_budget and had_budget.exceeded):
         add("finding", f"budget exceeded: spent {budget.spent} of {budget.max_cost}")
-    if Phase(after.phase).terminal and (before is None or old.phase != after.phase):
+    if phase_changed and ended:
         cost = _cost_text(after)
         if cost:
             add("finding", f"cost {cost}")

@@ -71,6 +71,10 @@ class KubeBackend:
         return f"TrainingJob {self.namespace}/{name}"
 
     def submit(self, job: TrainingJob) -> TrainingJob:
+        if job.metadata.namespace not in (None, self.namespace):
+            raise InvalidSpec([f"metadata.namespace: {job.metadata.namespace} differs from the "
+                               f"namespace asked for ({self.namespace}); remove it or ask for "
+                               "that namespace"], self._what(job.metadata.name))
         body = job.to_manifest()
         body.pop("status", None)
         body["metadata"]["namespace"] = self.namespace
@@ -112,8 +116,8 @@ class KubeBackend:
                     obj = event["object"]
                     if event["type"] == "DELETED":
                         raise NotFound(f"{self._what(name)} was deleted while waiting")
-                    if event["type"] == "ERROR":
-                        break
+                    if event["type"] == "ERROR":  # e.g. the version expired: read it anew
+                        raise ApiException(status=410, reason=str(obj))
                     version = obj["metadata"]["resourceVersion"]
                     status = TrainingJob.model_validate(obj).status or TrainingJobStatus()
                     yield status
@@ -124,6 +128,8 @@ class KubeBackend:
                     raise api_error(error, self._what(name)) from None
                 raw = self._raw(name)
                 version = raw["metadata"]["resourceVersion"]
+                status = TrainingJob.model_validate(raw).status or TrainingJobStatus()
+                yield status  # what the lost events would have brought
             finally:
                 watcher.stop()
 
