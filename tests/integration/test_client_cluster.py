@@ -4,6 +4,9 @@ typed errors and suspend through the client."""
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +89,21 @@ def test_the_cli_against_the_cluster(namespace: str, operator: Any, tmp_path: Pa
     assert kubetrain("delete", "cli", "-n", namespace).returncode == 0
     missing = kubetrain("status", "cli", "-n", namespace)
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_a_user_without_rights_gets_a_forbidden_error(namespace: str, tmp_path: Path) -> None:
+    # A service account with no role: its token in a kubeconfig of its own.
+    kubectl("create", "serviceaccount", "nobody", "-n", namespace)
+    secret = wait_for(lambda: (get_json("serviceaccount", "nobody", "-n", namespace)
+                               .get("secrets") or [{}])[0].get("name"), 60, "the token secret")
+    token = base64.b64decode(get_json("secret", secret, "-n", namespace)["data"]["token"])
+    config = json.loads(kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
+    config["users"] = [{"name": "nobody", "user": {"token": token.decode()}}]
+    config["contexts"][0]["context"]["user"] = "nobody"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps(config))
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    refused = kubetrain("status", "anything", "-n", namespace, env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"error: TrainingJob {namespace}/anything: forbidden"), \
+        refused.stderr
