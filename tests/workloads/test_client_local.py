@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kubetrain import Client
 from kubetrain.api.status import Phase
-from kubetrain.client import InvalidSpec, NotFound
+from kubetrain.client import InvalidSpec, NotFound, WaitTimeout
 from support import EXAMPLES
 
 SPEC = {"dataset": {"builtin": "digits"}, "model": {"builtin": "mlp", "params":
@@ -55,4 +55,14 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path: Path) -> None:
         client.submit({"spec": {**SPEC, "training": {"epochs": 0}}})
     with pytest.raises(NotFound, match="no TrainingJob 'nope'"):
         client.wait("nope")
+    assert client.list() == []
+
+
+def test_a_wait_that_runs_out_of_time_says_so_and_the_job_goes_on(tmp_path: Path) -> None:
+    client = Client("local", storage=tmp_path)
+    name = client.submit({"spec": SPEC}).metadata.name
+    with pytest.raises(WaitTimeout, match=f"TrainingJob {name} still (Pending|Running)"):
+        client.wait(name, timeout=1)
+    assert not Phase(client.status(name).phase).terminal
+    client.delete(name)  # stops the run
     assert client.list() == []
