@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
 
 from . import __version__
 from .api import ManifestError, load_training_job
-from .api.status import Phase
+from .api.status import Phase, TrainingJobStatus
 
 EXIT_INVALID = 2
 EXIT_FAILED = 1
@@ -124,6 +125,82 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> Any:
+    from .client import Client
+
+    return Client(namespace=args.namespace)
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from .client import describe, job_from
+    from .client.display import StatusDisplay
+    from .local.display import Display
+
+    err = Console(stderr=True)
+    job, _ = job_from(args.file, args.name)  # refused here, before the API server sees it
+    client = _client(args)
+    created = client.submit(job)
+    name = created.metadata.name
+    print(f"trainingjob {client.namespace}/{name} created")
+    if not args.wait:
+        return 0
+    show = args.progress if args.progress is not None else err.is_terminal
+    feed = StatusDisplay(Display(enabled=show, console=err))
+    try:
+        for status in client.statuses(name, args.timeout):
+            feed.update(status)
+    finally:
+        feed.display.stop()
+    status = client.status(name)
+    print(describe(name, status))
+    if not Phase(status.phase).terminal:
+        print(f"error: still {status.phase} after {args.timeout:.0f}s", file=sys.stderr)
+        return EXIT_FAILED
+    return 0 if status.phase == Phase.SUCCEEDED else EXIT_FAILED
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .client import describe
+
+    job = _client(args).get(args.name)
+    if args.output == "yaml":
+        sys.stdout.write(yaml.safe_dump(job.to_manifest(), sort_keys=False))
+    else:
+        print(describe(job.metadata.name, job.status or TrainingJobStatus()))
+    return 0
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    for line in _client(args).logs(args.name, unit=args.unit, follow=args.follow):
+        print(line, flush=True)
+    return 0
+
+
+def _cmd_get_artifacts(args: argparse.Namespace) -> int:
+    folder = _client(args).get_artifacts(args.name, args.directory)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    print(f"{len(files)} files from {args.name} in {folder}")
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    client = _client(args)
+    client.delete(args.name)
+    print(f"trainingjob {client.namespace}/{args.name} deleted")
+    return 0
+
+
+def _cluster_command(sub: Any, name: str, help: str, func: Any, *,
+                     job_name: bool = True) -> argparse.ArgumentParser:
+    """A subcommand against the cluster of the kubeconfig, with the user's own rights."""
+    command: argparse.ArgumentParser = sub.add_parser(name, help=help)
+    if job_name:
+        command.add_argument("name", help="the TrainingJob's name")
+    command.add_argument("-n", "--namespace", help="default: the kubeconfig context's")
+    command.set_defaults(func=func)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubetrain", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kubetrain {__version__}")
@@ -174,6 +251,28 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check TrainingJob manifests")
     validate.add_argument("files", type=Path, nargs="+")
     validate.set_defaults(func=_cmd_validate)
+
+    submit = _cluster_command(sub, "submit", "validate a TrainingJob, then create it on the "
+                              "cluster", _cmd_submit, job_name=False)
+    submit.add_argument("file", type=Path, help="TrainingJob manifest (YAML)")
+    submit.add_argument("--name", help="metadata.name (default: the manifest's, else generated)")
+    submit.add_argument("--wait", action="store_true",
+                        help="follow it (live progress as on `run`) until it ends")
+    submit.add_argument("--timeout", type=float, default=None, help="seconds --wait waits")
+    submit.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="live progress bars (default: when stderr is a terminal)")
+    status = _cluster_command(sub, "status", "a TrainingJob's phase, stages, findings and cost",
+                              _cmd_status)
+    status.add_argument("-o", "--output", choices=["text", "yaml"], default="text")
+    logs = _cluster_command(sub, "logs", "a work unit's log (its pod's)", _cmd_logs)
+    logs.add_argument("--unit", help="train, augment, trial-3, explain, ... (default: the "
+                      "newest pod's unit)")
+    logs.add_argument("-f", "--follow", action="store_true", help="stream new lines")
+    artifacts = _cluster_command(sub, "get-artifacts", "copy a TrainingJob's files (model, "
+                                 "report, plots) here through a short-lived pod",
+                                 _cmd_get_artifacts)
+    artifacts.add_argument("directory", type=Path)
+    _cluster_command(sub, "delete", "delete a TrainingJob (its pods go with it)", _cmd_delete)
     return parser
 
 
@@ -184,6 +283,15 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
+    except Exception as error:  # the client's errors; its module loads only when used
+        from .client import ClientError, InvalidSpec
+
+        if not isinstance(error, ClientError):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID if isinstance(error, InvalidSpec) else EXIT_FAILED
+    except KeyboardInterrupt:  # `logs -f`, `submit --wait`: the job goes on
+        return EXIT_INTERRUPTED
     return code
 
 

@@ -193,7 +193,7 @@ def test_live_progress_from_the_latest_epoch_event() -> None:
     assert training.epochs == 20
     assert training.best_epoch == 6
     assert training.metrics == {"train_loss": 0.3, "val_loss": 0.35, "val_accuracy": 0.9}
-    assert decision.status.progress == "7/20 epochs"
+    assert decision.status.progress == "epoch 7/20"
 
 
 def test_progress_ignores_events_that_are_not_epochs() -> None:

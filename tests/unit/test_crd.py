@@ -83,7 +83,9 @@ def test_names_version_and_subresources(crd: dict[str, Any]) -> None:
 def test_printer_columns(crd: dict[str, Any], root: dict[str, Any]) -> None:
     columns = {c["name"]: c for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
     assert list(columns) == ["Phase", "Stage", "Progress", "Best", "Overfit", "Cost", "Age"]
-    assert columns["Cost"]["type"] == "number"
+    # money as text with its currency ("0.000027 USD"), not a number kubectl prints as 2.7e-05
+    assert columns["Cost"]["jsonPath"] == ".status.cost"
+    assert columns["Cost"]["type"] == "string"
     assert columns["Age"] == {
         "name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"
     }

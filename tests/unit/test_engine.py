@@ -7,6 +7,7 @@ import json
 import pytest
 from engine_world import World, make_job, summary_result, sweep_spec, train_result, trial_result
 from kubetrain.api import ManifestError, parse_training_job
+from kubetrain.findings.cost import format_money
 from kubetrain.pipeline.actions import Observation, Seen
 from kubetrain.pipeline.engine import resumed
 from kubetrain.pipeline.plan import plan, target_trials, trial_seed
@@ -108,9 +109,12 @@ def test_live_progress_and_a_running_cost_while_training_runs() -> None:
         world.units["train"].state, 0, progress={"event": "epoch", "epoch": 3, "epochs": 10,
                                                  "train_loss": 0.5, "val_loss": 0.6})
     world.step()
-    assert world.status.progress == "3/10 epochs"
+    assert world.status.progress == "epoch 3/10"
     first = world.status.findings.cost.total  # type: ignore[union-attr]
     assert first > 0
+    # the Cost column: money with its currency, never 2.7e-05
+    assert world.status.cost == format_money(first, "USD")
+    assert world.status.cost.endswith(" USD") and "e-" not in world.status.cost
     world.tick(600)
     world.step()
     assert world.status.findings.cost.total > first  # type: ignore[union-attr]
@@ -486,3 +490,4 @@ def test_a_trial_that_finds_the_data_refuses_the_spec_makes_the_job_invalid() ->
     world.step()
     assert world.condition("Invalid").message == problem
     assert world.running() == ["report"]  # every trial and the study server stopped
+

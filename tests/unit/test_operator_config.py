@@ -159,7 +159,7 @@ def test_an_unchanged_status_is_not_written_again() -> None:
     from kubetrain.api.status import Phase, TrainingJobStatus
     from kubetrain.controller.handlers import status_patch_if_changed
 
-    suspended = TrainingJobStatus(phase=Phase.SUSPENDED, progress="3/10 epochs")
+    suspended = TrainingJobStatus(phase=Phase.SUSPENDED, progress="epoch 3/10")
     assert status_patch_if_changed(suspended, suspended.model_copy(deep=True)) is None
     running = suspended.model_copy(update={"phase": Phase.RUNNING})
     patch = status_patch_if_changed(suspended, running)

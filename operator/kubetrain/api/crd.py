@@ -37,13 +37,13 @@ PRINTER_COLUMNS: list[dict[str, str]] = [
     {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage",
      "description": "The stage running now."},
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress",
-     "description": "Progress of the current stage."},
+     "description": "Progress of the current stage: epoch 12/30, 7/16 trials."},
     {"name": "Best", "type": "string", "jsonPath": ".status.best",
      "description": "The best validation result so far."},
     {"name": "Overfit", "type": "string", "jsonPath": ".status.findings.overfitting.verdict",
      "description": "Overfitting verdict: none, suspected or overfitting."},
-    {"name": "Cost", "type": "number", "jsonPath": ".status.findings.cost.total",
-     "description": "What the job has cost so far, in the price currency."},
+    {"name": "Cost", "type": "string", "jsonPath": ".status.cost",
+     "description": "What the job has cost so far, as money: 0.42 USD."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -403,7 +403,10 @@ class TrainingJobStatus(StatusModel):
     current_stage: str | None = None
     """The stage running now (augmentation, tuning, training, explanation); unset when done."""
     progress: str | None = None
-    """Progress of the current stage for people, e.g. "12/20 epochs" or "8/20 trials"."""
+    """Progress of the current stage for people, e.g. "epoch 12/20" or "8/20 trials"."""
+    cost: str | None = None
+    """What the job has cost so far, as money for people and the Cost column: "0.42 USD"
+    (the number: findings.cost.total)."""
     best: str | None = None
     """The best validation result so far for people, e.g. "val_accuracy=0.981 @ epoch 14"."""
     observed_generation: int | None = None

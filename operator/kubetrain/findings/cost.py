@@ -11,6 +11,7 @@ decimals), so that a total never differs from its parts by accumulated rounding.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -22,6 +23,14 @@ _MONEY_DIGITS = 6
 _HOURS_DIGITS = 6
 # Seconds are reported, not billed; milliseconds are as precise as the timers behind them.
 _SECONDS_DIGITS = 3
+
+
+def format_money(amount: float, currency: str) -> str:
+    """``0.42 USD``; small amounts keep two significant digits (``0.000031 USD``, not 3e-05)."""
+    if amount <= 0:
+        return f"0.00 {currency}"
+    decimals = max(2, 1 - math.floor(math.log10(amount)))
+    return f"{amount:.{decimals}f} {currency}"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import queue
 import shutil
 import socket
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,7 +73,8 @@ def _free_port() -> int:
 
 class LocalExecutor:
     def __init__(self, job: TrainingJob, *, base_dir: Path, storage: Path,
-                 display: Display | None = None, resume: bool = False) -> None:
+                 display: Display | None = None, resume: bool = False,
+                 observer: Callable[[TrainingJobStatus], None] | None = None) -> None:
         self.job = job
         self.base_dir = base_dir
         self.storage = storage
@@ -82,6 +85,10 @@ class LocalExecutor:
         self.units: dict[str, UnitProcess] = {}
         self.lines: queue.Queue[Line] = queue.Queue()
         self.study_port = _free_port()
+        # For a run in the background (kubetrain.Client): each new status goes to the observer;
+        # stop() ends the run as Ctrl-C does, from another thread.
+        self.observer = observer
+        self.stopping = threading.Event()
 
     # ----- setup ---------------------------------------------------------------------------
 
@@ -112,6 +119,12 @@ class LocalExecutor:
             return logs / f"{unit.name}.log", logs / f"{unit.name}.result.json"
         return self.storage / unit.name / "log.txt", self.storage / unit.name / "result.json"
 
+    def log_of(self, unit_name: str) -> Path | None:
+        """The log file of a unit of the plan (None: no such unit)."""
+        unit = next((u for stage in self.plan.stages for u in stage.units
+                     if u.name == unit_name), None)
+        return None if unit is None else self._folder(unit)[0]
+
     # ----- running -------------------------------------------------------------------------
 
     def run(self) -> TrainingJob:
@@ -119,7 +132,7 @@ class LocalExecutor:
         self.job_file = self._prepare_storage()
         try:
             while True:
-                self._carry_out(self._advance(interrupted=False))
+                self._carry_out(self._advance(interrupted=self.stopping.is_set()))
                 if Phase(self.status.phase).terminal:
                     break
                 self._wait()
@@ -132,6 +145,16 @@ class LocalExecutor:
         self.display.stop()
         return self._job()
 
+    def stop(self) -> None:
+        """End the run from another thread: units stopped, phase Failed (Interrupted)."""
+        self.stopping.set()
+
+    def set_suspended(self, suspend: bool) -> None:
+        """Set runPolicy.suspend: the engine stops or restarts the units on its next step."""
+        policy = self.job.spec.run_policy.model_copy(update={"suspend": suspend})
+        spec = self.job.spec.model_copy(update={"run_policy": policy})
+        self.job = self.job.model_copy(update={"spec": spec})
+
     def _job(self) -> TrainingJob:
         return self.job.model_copy(update={"status": self.status})
 
@@ -141,6 +164,8 @@ class LocalExecutor:
         ctx = Context(now=datetime.now(UTC), storage=str(self.storage), interrupted=interrupted)
         step = advance(self.plan, self._job(), observed, ctx)
         self.status = step.status
+        if self.observer is not None:
+            self.observer(self.status)
         return step
 
     def _carry_out(self, step: Step) -> None:

@@ -36,6 +36,7 @@ from ..api.status import (
     TrialCounts,
     UnitStatus,
 )
+from ..findings.cost import format_money
 from . import status as st
 from .actions import Context, Launch, Observation, Seen, Step
 from .costing import job_cost, job_utilization
@@ -380,6 +381,8 @@ class _Engine(RemediationSteps):
             self.plan, self.spec, self.status, train,
             summary if isinstance(summary, TuningResult) else None)
         self.status.findings.utilization = job_utilization(self.plan, self.spec, self.status)
+        cost = self.status.findings.cost
+        self.status.cost = format_money(cost.total, cost.currency) if cost else None
         self._apply_remediation()  # after the cost: each attempt's cost is in its record
 
     def _over_budget(self) -> bool:

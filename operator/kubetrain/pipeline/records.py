@@ -125,8 +125,8 @@ class UnitRecords:
         if unit.kind == "train" and event.get("event") == "epoch":
             st.apply_epoch_event(self.status, event)
         elif unit.kind == "remediate" and event.get("event") == "epoch":
-            self.status.progress = (f"{unit.name}: {int(event['epoch'])}/"
-                                    f"{event.get('epochs') or '?'} epochs")
+            self.status.progress = (f"{unit.name}: " + st.epoch_progress(
+                int(event["epoch"]), int(event.get("epochs") or 0)))
         elif unit.kind == "tune" and event.get("event") == "trial":
             st.apply_trial_event(self.status, self.spec, event, self.spec.tuning.trials)
 

@@ -86,6 +86,11 @@ def _metrics(source: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(source[k]) for k in METRIC_KEYS if isinstance(source.get(k), int | float)}
 
 
+def epoch_progress(epoch: int, epochs: int | None) -> str:
+    """Training progress for people and the Progress column: ``epoch 12/30``."""
+    return f"epoch {epoch}/{epochs or '?'}"
+
+
 def apply_epoch_event(status: TrainingJobStatus, event: Mapping[str, Any]) -> None:
     """Live training progress from an ``epoch`` event of the main training unit."""
     training = status.training or TrainingStatus()
@@ -95,7 +100,7 @@ def apply_epoch_event(status: TrainingJobStatus, event: Mapping[str, Any]) -> No
     if event.get("best_epoch") is not None:
         training.best_epoch = int(event["best_epoch"])
     status.training = training
-    status.progress = f"{training.epoch}/{training.epochs} epochs"
+    status.progress = epoch_progress(training.epoch, training.epochs)
 
 
 def apply_training_result(status: TrainingJobStatus, result: TrainingResult) -> None:
@@ -115,7 +120,7 @@ def apply_training_result(status: TrainingJobStatus, result: TrainingResult) -> 
     status.training = training
     status.best = best_summary(training)
     # A short run can finish between two observations: progress comes from the result too.
-    status.progress = f"{training.epoch}/{training.epochs} epochs"
+    status.progress = epoch_progress(training.epoch, training.epochs)
 
 
 def best_summary(training: TrainingStatus) -> str | None:
