@@ -113,7 +113,7 @@ def test_report_curve_and_status_of_a_trained_job(tmp_path: Path) -> None:
     assert "**Verdict: suspected**" in report and "val_loss rose after epoch 2" in report
     assert "Total: 0.012300 USD" in report
     assert "**Best trial 0:** 0.91" in report
-    assert "| 1 | pruned | None | 1 | 1e-05 |" in report, "the trials table is missing"
+    assert "| 1 | pruned | None | 1 | None | 1e-05 |" in report, "the trials table is missing"
     assert "| 3 | 0.3 | nan | 0.8 |" in report, "the epochs table is missing"
     written = yaml.safe_load((storage / "status.yaml").read_text())
     assert written["kind"] == "TrainingJob" and written["metadata"]["name"] == "test-job"

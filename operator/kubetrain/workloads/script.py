@@ -205,7 +205,7 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
     # Beside a program container the program's processes are not this runner's: its own
     # tree would say the unit used nothing, so such a unit is not measured.
     reporter = Reporter(result_path(args), enabled=main_rank,
-                        usage_series=None if args.program_dir else
+                        usage_series=None if program_dir else
                         args.storage / args.unit / USAGE_FILE)
     env = program_environment(spec, args, where, params, epochs)
     command = substitute(user_command, placeholder_values(env, params), params)
