@@ -36,8 +36,11 @@ from ..data.datasets import LazyRows
 from ..findings.overfitting import analyze_overfitting
 from ..findings.remediation import apply_changes, changes_from_json
 from ..models import ModelError, build_model
+from ..pipeline.costing import unit_cost
 from ..pipeline.params import apply_params
 from ..report import Reporter, default_result_path, refuse, write_json_atomic
+from ..tracking import UnitTracker
+from ..tracking.naming import flat_params, numeric_metrics, plan_unit_name, unit_run
 from . import checkpoint as ckpt
 from .args import add_common_arguments, add_remediation_argument
 from .distributed import DistContext, init_distributed, shutdown
@@ -52,6 +55,7 @@ from .trainer import (
 
 MODEL_FILE = "model.pt"
 HISTORY_FILE = "history.json"
+LOSS_CURVE_FILE = "loss-curve.png"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -143,8 +147,10 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
     ctx: DistContext = init_distributed(use_gpu=spec.training.resources.gpus_per_node > 0)
     unit_dir = args.storage / args.unit
     reporter = Reporter(result_path(args), enabled=ctx.is_main)
+    tracker = UnitTracker.open(spec, unit_run(job.metadata.name, args.unit, args.fold),
+                               args.storage, enabled=ctx.is_main)
     try:
-        result = _train(spec, args, ctx, unit_dir, reporter, on_epoch)
+        result = _train(spec, args, ctx, unit_dir, reporter, on_epoch, tracker)
     except BaseException:
         shutdown(ctx, finished=False)
         raise
@@ -201,7 +207,8 @@ def training_data(spec: TrainingJobSpec, args: argparse.Namespace,
 
 
 def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, unit_dir: Path,
-           reporter: Reporter, on_epoch: EpochCallback | None) -> dict[str, Any]:
+           reporter: Reporter, on_epoch: EpochCallback | None,
+           tracker: UnitTracker) -> dict[str, Any]:
     started = time.time()
     data = training_data(spec, args, memory_budget(spec))
     dataset, splits, train_rows, augmented = (data.dataset, data.splits, data.train_rows,
@@ -239,9 +246,10 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
         parameters=sum(p.numel() for p in model.parameters()),
         epochs=args.epochs or spec.training.epochs,
     )
+    tracker.start(flat_params(spec, json.loads(args.params) if args.params else None))
     trainer = Trainer(spec, model, dataset.task, train, val, ctx, reporter,
                       checkpoint_dir=unit_dir / "checkpoints", epochs=args.epochs,
-                      on_epoch=on_epoch, target_scale=target_std)
+                      on_epoch=tracked(tracker, on_epoch), target_scale=target_std)
     fit = trainer.fit()
     # The findings are pure functions of the history: the unit that has the whole history
     # analyses it, and both executors file the finding from the result.
@@ -299,8 +307,49 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
             summary["model"] = str(unit_dir / MODEL_FILE)
     if fit.stop_reason == "terminated by signal":
         summary["status"] = "terminated"
-    reporter.result(summary)
+    if ctx.is_main:
+        finish_tracking(tracker, spec, summary, fit.history, unit_dir)
+    reporter.result(tracker.report_into(summary))
     return summary
+
+
+def tracked(tracker: UnitTracker, on_epoch: EpochCallback | None) -> EpochCallback:
+    """The epoch callback that logs each epoch's metrics before the caller's (pruning) one."""
+    def callback(metrics: dict[str, float]) -> bool:
+        tracker.epoch(metrics)
+        return on_epoch(metrics) if on_epoch is not None else False
+    return callback
+
+
+def finish_tracking(tracker: UnitTracker, spec: TrainingJobSpec, summary: dict[str, Any],
+                    history: list[dict[str, float]], unit_dir: Path) -> None:
+    """The unit's final metrics, findings, cost and files to its tracking runs."""
+    if not tracker.sinks:
+        return
+    run = unit_run("", summary["unit"], summary["fold"])
+    metrics = {**numeric_metrics("final_", summary["final_metrics"]),
+               **numeric_metrics("best_", summary["best_metrics"]),
+               **numeric_metrics("", summary["test_metrics"]),
+               "epochs_run": float(summary["epochs_run"]), "seconds": summary["seconds"]}
+    cost = unit_cost(spec, plan_unit_name(run), summary["seconds"])
+    if cost is not None:
+        metrics["cost"] = cost
+    overfitting = summary["overfitting"]
+    tags = {"kubetrain.overfitting.verdict": str(overfitting.get("verdict", "unknown")),
+            "kubetrain.status": summary["status"],
+            "kubetrain.currency": spec.findings.cost.prices.currency}
+    if summary["best_epoch"] is not None:
+        tags["kubetrain.best_epoch"] = str(summary["best_epoch"])
+    files = [unit_dir / HISTORY_FILE]
+    if "model" in summary:
+        files.append(Path(summary["model"]))
+    if tracker.takes_files and history:
+        from .artifacts import plot_loss_curve
+
+        files.append(plot_loss_curve(history, summary["best_epoch"], unit_dir / LOSS_CURVE_FILE,
+                                     f"{summary['unit']}: loss per epoch"))
+    tracker.finish(metrics, tags, files, {"findings": {"overfitting": overfitting}},
+                   status=summary["status"])
 
 
 class SpecProblem(ValueError):
