@@ -42,6 +42,9 @@ class UnitResult(BaseModel):
     unavailable: str | None = None
     """The data cannot be had (no such object, refused credentials, no answer): the job fails
     with reason DataUnavailable, and nothing is retried."""
+    tracking_warnings: list[str] = Field(default_factory=list)
+    """A tracking destination (MLflow, TensorBoard) failed and the unit went on without it: the
+    job gets the TrackingDegraded condition and a warning event, never a failure."""
 
 
 class FetchResult(UnitResult):

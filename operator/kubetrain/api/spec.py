@@ -770,6 +770,11 @@ class StorageSpec(ApiModel):
     inside the PVC."""
 
 
+MLFLOW_CREDENTIAL_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                          "MLFLOW_TRACKING_TOKEN")
+"""Keys of tracking.mlflow.credentials.secret: MLflow's client reads them from the environment."""
+
+
 class TrackingCredentials(ApiModel):
     """Credentials for the MLflow tracking server (never copied into status, events or logs)."""
 

@@ -16,8 +16,6 @@ from typing import Any
 from ..api.spec import MlflowSpec
 from .naming import UnitRun
 
-CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-"""Keys of tracking.mlflow.credentials.secret; MLflow's client reads them from the environment."""
 # MLflow retries a request for minutes by default; a tracking server that does not answer must
 # cost the training seconds, not minutes (the user can still set these).
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
