@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubetrain.report import parse_event
 from mlflowserver import MlflowServer
-from support import base_manifest
+from support import base_manifest, kubetrain
 
 
 def _train(job: Path, storage: Path, *extra: str) -> tuple[dict[str, Any], str]:
@@ -110,3 +111,40 @@ def test_unreachable_mlflow_server_never_fails_the_training(tmp_path: Path,
     assert "warning: tracking mlflow" in stderr
     # The other destination still tracks.
     assert len(_scalars(storage / "tensorboard" / "train")["loss/val"]) == 4
+
+
+def test_a_local_job_logs_a_sweep_with_nested_trials_training_and_shap(
+        tmp_path: Path, write_manifest: Any, mlflow_server: MlflowServer) -> None:
+    manifest = base_manifest(
+        training={"epochs": 2, "batchSize": 64, "learningRate": 0.003},
+        tuning={"enabled": True, "sampler": "random", "trials": 2, "parallelism": 2,
+                "pruner": "none", "searchSpace": {
+                    "learningRate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}},
+        explanation={"enabled": True, "samples": 8, "background": 8},
+        tracking={"tensorboard": True,
+                  "mlflow": {"uri": mlflow_server.uri(), "experiment": "local-sweep"}})
+    storage, out = tmp_path / "s", tmp_path / "out.yaml"
+    proc = kubetrain("run", str(write_manifest(manifest)), "--storage", str(storage),
+                     "-o", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = yaml.safe_load(out.read_text())["status"]
+    assert "TrackingDegraded" not in {c["type"] for c in status["conditions"]}
+    client: Any = mlflow_server.client()
+    runs = {r.info.run_name: r for r in _runs(client, "local-sweep")}
+    assert set(runs) == {"test-job/sweep", "test-job/trial-0", "test-job/trial-1",
+                         "test-job/train", "test-job/explain"}
+    sweep = runs["test-job/sweep"]
+    for trial in ("test-job/trial-0", "test-job/trial-1"):
+        assert runs[trial].data.tags["mlflow.parentRunId"] == sweep.info.run_id
+        assert runs[trial].data.params["param.learningRate"]
+        assert len(client.get_metric_history(runs[trial].info.run_id, "val_loss")) == 2
+    best = status["tuning"]["best"]
+    assert sweep.data.tags["kubetrain.best.trial"] == str(best["trial"])
+    assert sweep.data.metrics["best_val_loss"] == pytest.approx(best["value"])
+    assert sweep.data.metrics["trials_complete"] == 2
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+    shap = {a.path for a in client.list_artifacts(runs["test-job/explain"].info.run_id)}
+    assert any(p.endswith(".png") for p in shap) and "findings.json" in shap
+    # TensorBoard: a run per unit, the trials under tuning/.
+    for unit in ("train", "tuning/trial-0", "tuning/trial-1"):
+        assert len(_scalars(storage / "tensorboard" / unit)["loss/val"]) == 2

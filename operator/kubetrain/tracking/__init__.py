@@ -15,8 +15,9 @@ from typing import Any, Protocol
 
 from ..api.spec import TrainingJobSpec
 from .naming import UnitRun
+from .records import RunRecord
 
-__all__ = ["TrackingSink", "UnitRun", "UnitTracker"]
+__all__ = ["RunRecord", "TrackingSink", "UnitRun", "UnitTracker"]
 
 
 class TrackingSink(Protocol):
@@ -89,12 +90,10 @@ class UnitTracker:
     def takes_files(self) -> bool:
         return any(sink.takes_files for sink in self.sinks)
 
-    def finish(self, metrics: Mapping[str, float], tags: Mapping[str, str],
-               artifacts: list[Path], documents: Mapping[str, Any] | None = None,
-               status: str = "succeeded") -> None:
-        files = [a for a in artifacts if a.is_file()]
-        self._each("finishing the run",
-                   lambda s: s.finish(metrics, tags, files, documents or {}, status))
+    def finish(self, record: RunRecord) -> None:
+        files = [path for path in record.files if path.is_file()]
+        self._each("finishing the run", lambda s: s.finish(
+            record.metrics, record.tags, files, record.documents, record.status))
 
     def report_into(self, summary: dict[str, Any]) -> dict[str, Any]:
         """The unit's result with the tracking warnings, for the executor's condition."""

@@ -42,7 +42,10 @@ class MlflowSink:
         if self.run.kind == "trial":
             tags["mlflow.parentRunId"] = sweep_run_id(self.client, self.experiment_id,
                                                       self.run.job)
-        self.run_id = find_or_create_run(self.client, self.experiment_id, self.run, tags)
+        if self.run.kind == "sweep":  # the trials may have made it already
+            self.run_id = sweep_run_id(self.client, self.experiment_id, self.run.job)
+        else:
+            self.run_id = find_or_create_run(self.client, self.experiment_id, self.run, tags)
         from mlflow.entities import Param
 
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -89,3 +90,17 @@ def numeric_metrics(prefix: str, values: Mapping[str, Any]) -> dict[str, float]:
     strings, lists and None are left out."""
     return {f"{prefix}{k}": float(v) for k, v in values.items()
             if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def sweep_params(spec: TrainingJobSpec) -> dict[str, str]:
+    """The sweep's parameters: the search space and how it is searched."""
+    tuning = spec.tuning
+    flat = {"tuning.backend": tuning.backend, "tuning.sampler": tuning.sampler,
+            "tuning.pruner": str(tuning.pruner), "tuning.trials": str(tuning.trials),
+            "tuning.parallelism": str(tuning.parallelism),
+            "tuning.objectives": ",".join(f"{o.name}:{o.resolved_direction}"
+                                          for o in tuning.objective_list)}
+    for name, dimension in tuning.search_space.items():
+        flat[f"searchSpace.{name}"] = json.dumps(
+            dimension.model_dump(mode="json", by_alias=True, exclude_none=True))
+    return {k: v[:MAX_PARAM_LENGTH] for k, v in flat.items()}

@@ -40,7 +40,8 @@ from ..pipeline.costing import unit_cost
 from ..pipeline.params import apply_params
 from ..report import Reporter, default_result_path, refuse, write_json_atomic
 from ..tracking import UnitTracker
-from ..tracking.naming import flat_params, numeric_metrics, plan_unit_name, unit_run
+from ..tracking.naming import flat_params, plan_unit_name, unit_run
+from ..tracking.records import training_record
 from . import checkpoint as ckpt
 from .args import add_common_arguments, add_remediation_argument
 from .distributed import DistContext, init_distributed, shutdown
@@ -327,29 +328,15 @@ def finish_tracking(tracker: UnitTracker, spec: TrainingJobSpec, summary: dict[s
     if not tracker.sinks:
         return
     run = unit_run("", summary["unit"], summary["fold"])
-    metrics = {**numeric_metrics("final_", summary["final_metrics"]),
-               **numeric_metrics("best_", summary["best_metrics"]),
-               **numeric_metrics("", summary["test_metrics"]),
-               "epochs_run": float(summary["epochs_run"]), "seconds": summary["seconds"]}
-    cost = unit_cost(spec, plan_unit_name(run), summary["seconds"])
-    if cost is not None:
-        metrics["cost"] = cost
-    overfitting = summary["overfitting"]
-    tags = {"kubetrain.overfitting.verdict": str(overfitting.get("verdict", "unknown")),
-            "kubetrain.status": summary["status"],
-            "kubetrain.currency": spec.findings.cost.prices.currency}
-    if summary["best_epoch"] is not None:
-        tags["kubetrain.best_epoch"] = str(summary["best_epoch"])
-    files = [unit_dir / HISTORY_FILE]
-    if "model" in summary:
-        files.append(Path(summary["model"]))
+    record = training_record(spec, summary,
+                             unit_cost(spec, plan_unit_name(run), summary["seconds"]))
     if tracker.takes_files and history:
         from .artifacts import plot_loss_curve
 
-        files.append(plot_loss_curve(history, summary["best_epoch"], unit_dir / LOSS_CURVE_FILE,
-                                     f"{summary['unit']}: loss per epoch"))
-    tracker.finish(metrics, tags, files, {"findings": {"overfitting": overfitting}},
-                   status=summary["status"])
+        record.files.append(plot_loss_curve(history, summary["best_epoch"],
+                                            unit_dir / LOSS_CURVE_FILE,
+                                            f"{summary['unit']}: loss per epoch"))
+    tracker.finish(record)
 
 
 class SpecProblem(ValueError):
