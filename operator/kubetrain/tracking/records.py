@@ -32,7 +32,7 @@ def training_record(spec: TrainingJobSpec, summary: Mapping[str, Any],
                "epochs_run": float(summary["epochs_run"]), "seconds": summary["seconds"]}
     if cost is not None:
         metrics["cost"] = cost
-    overfitting = summary["overfitting"]
+    overfitting = summary.get("overfitting") or {}  # none when a program failed
     tags = {f"{TAG_PREFIX}overfitting.verdict": str(overfitting.get("verdict", "unknown")),
             f"{TAG_PREFIX}status": summary["status"],
             f"{TAG_PREFIX}currency": spec.findings.cost.prices.currency}
