@@ -47,3 +47,32 @@ def test_sweep_record_has_the_best_trial_and_the_counts() -> None:
 def test_a_bad_tracking_uri_names_the_field(uri: str) -> None:
     with pytest.raises(ManifestError, match=r"spec\.tracking\.mlflow\.uri: "):
         parse_training_job(base_manifest(tracking={"mlflow": {"uri": uri}}))
+
+
+def test_a_failing_destination_is_switched_off_with_a_warning_without_secrets() -> None:
+    from pathlib import Path
+
+    from kubetrain.tracking import RunRecord, UnitTracker
+
+    class Refusing:
+        name, takes_files = "mlflow", True
+        calls = 0
+
+        def start(self, params: object) -> None:
+            raise ConnectionError("http://alice:s3cret@mlflow:5000 refused")
+
+        def epoch(self, step: int, metrics: object) -> None:
+            Refusing.calls += 1
+
+        def finish(self, *args: object) -> None:
+            Refusing.calls += 1
+
+    tracker = UnitTracker([Refusing()])
+    tracker.start({})
+    tracker.epoch({"epoch": 1, "val_loss": 0.5})
+    tracker.finish(RunRecord(files=[Path("/nonexistent")]))
+    assert Refusing.calls == 0  # off after its first failure: no more waiting on it
+    [warning] = tracker.warnings
+    assert warning.startswith("mlflow: logging the parameters failed")
+    assert "s3cret" not in warning and "http://***@mlflow:5000" in warning
+    assert tracker.report_into({})["tracking_warnings"] == [warning]

@@ -8,6 +8,7 @@ warning: tracking never fails the training. The warnings travel in the unit's re
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,6 +19,9 @@ from .naming import UnitRun
 from .records import RunRecord
 
 __all__ = ["RunRecord", "TrackingSink", "UnitRun", "UnitTracker"]
+
+USERINFO = re.compile(r"(\w+://)[^/@\s]+@")
+"""A user and password in a URL: the warnings go to status and events, the secrets must not."""
 
 
 class TrackingSink(Protocol):
@@ -64,8 +68,8 @@ class UnitTracker:
             self._warn(name, "start", error)
 
     def _warn(self, name: str, what: str, error: BaseException) -> None:
-        message = f"{name}: {what} failed, tracking switched off for this unit: " \
-                  f"{type(error).__name__}: {error}"[:300]
+        detail = USERINFO.sub(r"\1***@", f"{type(error).__name__}: {error}")
+        message = f"{name}: {what} failed, tracking switched off for this unit: {detail}"[:300]
         self.warnings.append(message)
         print(f"warning: tracking {message}", file=sys.stderr, flush=True)
 
