@@ -148,3 +148,19 @@ def test_a_local_job_logs_a_sweep_with_nested_trials_training_and_shap(
     # TensorBoard: a run per unit, the trials under tuning/.
     for unit in ("train", "tuning/trial-0", "tuning/trial-1"):
         assert len(_scalars(storage / "tensorboard" / unit)["loss/val"]) == 2
+
+
+def test_a_local_job_with_an_unreachable_server_succeeds_with_a_warning_condition(
+        tmp_path: Path, write_manifest: Any) -> None:
+    manifest = base_manifest(training={"epochs": 2, "batchSize": 64, "learningRate": 0.003},
+                             tracking={"mlflow": {"uri": f"http://127.0.0.1:{_closed_port()}"}})
+    out = tmp_path / "out.yaml"
+    proc = kubetrain("run", str(write_manifest(manifest)), "--storage", str(tmp_path / "s"),
+                     "-o", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = yaml.safe_load(out.read_text())["status"]
+    assert status["phase"] == "Succeeded"
+    degraded = next(c for c in status["conditions"] if c["type"] == "TrackingDegraded")
+    assert degraded["reason"] == "TrackingUnavailable"
+    assert degraded["message"].startswith("train: mlflow: ")
+    assert "mlflow" in proc.stdout + proc.stderr  # the warning is shown as it happens
