@@ -48,10 +48,9 @@ from .train import (
     finish_tracking,
     parse_args,
     result_path,
-    tracked,
     training_data,
 )
-from .trainer import OVERFITTING_STOP, EpochCallback
+from .trainer import OVERFITTING_STOP, EpochCallback, EpochObserver
 
 TAIL_LINES = 60
 """Lines of the program's output kept for the failure message (torchrun's summary included)."""
@@ -247,8 +246,8 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
         program.stop()
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        _follow(program, spec, state, reporter, unit_dir, epochs, main_rank,
-                tracked(tracker, on_epoch))
+        _follow(program, spec, state, reporter, unit_dir, epochs, main_rank, on_epoch,
+                tracker.epoch)
     except BaseException:
         program.stop(grace=0)
         program.wait()
@@ -309,7 +308,7 @@ def _previous_history(unit_dir: Path) -> list[dict[str, float]]:
 
 def _follow(program: Program, spec: TrainingJobSpec, state: Run, reporter: Reporter,
             unit_dir: Path, epochs: int, main_rank: bool,
-            on_epoch: EpochCallback | None) -> None:
+            on_epoch: EpochCallback | None, observe: EpochObserver) -> None:
     """Pass the program's output through; act on its events (rank 0 only)."""
     last = time.time()
     first_epoch = True
@@ -340,6 +339,8 @@ def _follow(program: Program, spec: TrainingJobSpec, state: Run, reporter: Repor
             write_json_atomic(unit_dir / HISTORY_FILE, state.history)
             best = _best_epoch(state.history, spec)
             reporter.event("epoch", epochs=epochs, best_epoch=best, **metrics)
+            if main_rank:
+                observe(dict(metrics))
             if program.stop_requested:
                 continue
             if on_epoch is not None and on_epoch(dict(metrics)):

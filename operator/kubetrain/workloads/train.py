@@ -250,7 +250,7 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
     tracker.start(flat_params(spec, json.loads(args.params) if args.params else None))
     trainer = Trainer(spec, model, dataset.task, train, val, ctx, reporter,
                       checkpoint_dir=unit_dir / "checkpoints", epochs=args.epochs,
-                      on_epoch=tracked(tracker, on_epoch), target_scale=target_std)
+                      on_epoch=on_epoch, target_scale=target_std, observe=tracker.epoch)
     fit = trainer.fit()
     # The findings are pure functions of the history: the unit that has the whole history
     # analyses it, and both executors file the finding from the result.
@@ -312,14 +312,6 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
         finish_tracking(tracker, spec, summary, fit.history, unit_dir)
     reporter.result(tracker.report_into(summary))
     return summary
-
-
-def tracked(tracker: UnitTracker, on_epoch: EpochCallback | None) -> EpochCallback:
-    """The epoch callback that logs each epoch's metrics before the caller's (pruning) one."""
-    def callback(metrics: dict[str, float]) -> bool:
-        tracker.epoch(metrics)
-        return on_epoch(metrics) if on_epoch is not None else False
-    return callback
 
 
 def finish_tracking(tracker: UnitTracker, spec: TrainingJobSpec, summary: dict[str, Any],
