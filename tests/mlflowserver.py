@@ -3,15 +3,14 @@ process, artifacts served through it (as a team's server runs), checked with MLf
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import free_port, wait_for_port
 
 
 @dataclass
@@ -28,18 +27,12 @@ class MlflowServer:
         return MlflowClient(tracking_uri=self.uri())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     pytest.importorskip("mlflow.server", reason="the test server needs the mlflow package "
                         "(the dev extra)")
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     log = (root / "server.log").open("w")
     # 0.0.0.0 and any Host header: pods of the local cluster reach it at the node's address.
     proc = subprocess.Popen(
@@ -48,16 +41,10 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
          "--artifacts-destination", str(root / "artifacts"), "--allowed-hosts", "*"],
         stdout=log, stderr=subprocess.STDOUT, cwd=root)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("mlflow server did not start: "
-                                       + (root / "server.log").read_text()[-2000:]) from None
-                time.sleep(0.5)
+        try:
+            wait_for_port(port, proc, 120, "mlflow server")
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}: {(root / 'server.log').read_text()[-2000:]}") from None
         yield MlflowServer(port, root)
     finally:
         proc.terminate()

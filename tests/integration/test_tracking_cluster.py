@@ -5,13 +5,12 @@ server no pod can reach leaves the job Succeeded with a TrackingDegraded conditi
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
 import pytest
 from k8s import HOST_STORAGE, apply_job, get_json, kubectl, wait_phase
 from mlflowserver import MlflowServer
-from support import base_manifest
+from support import base_manifest, free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -67,9 +66,7 @@ def test_pods_log_the_sweep_and_its_trials_to_mlflow(namespace: str, operator: A
 
 def test_an_unreachable_tracking_server_warns_and_the_job_succeeds(namespace: str,
                                                                   operator: Any) -> None:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        port = sock.getsockname()[1]  # nothing listens there once the block ends
+    port = free_port()  # nothing listens there
     manifest = base_manifest(training={"epochs": 2, "batchSize": 64, "learningRate": 0.003},
                              tracking={"mlflow": {"uri": f"http://{_node_address()}:{port}"}})
     manifest["metadata"]["name"] = "untracked"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import yaml
 from kubetrain.report import parse_event
 from mlflowserver import MlflowServer
-from support import base_manifest, kubetrain
+from support import base_manifest, free_port, kubetrain
 
 
 def _train(job: Path, storage: Path, *extra: str) -> tuple[dict[str, Any], str]:
@@ -92,16 +91,10 @@ def test_training_unit_logs_its_run_to_mlflow(tmp_path: Path, write_manifest: An
     assert findings["overfitting"]["verdict"] == summary["overfitting"]["verdict"]
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])  # closed again when the block ends: nothing listens
-
-
 def test_unreachable_mlflow_server_never_fails_the_training(tmp_path: Path,
                                                             write_manifest: Any) -> None:
     job = write_manifest(base_manifest(tracking={
-        "tensorboard": True, "mlflow": {"uri": f"http://127.0.0.1:{_closed_port()}"}}))
+        "tensorboard": True, "mlflow": {"uri": f"http://127.0.0.1:{free_port()}"}}))
     storage = tmp_path / "storage"
     summary, stderr = _train(job, storage)
     assert summary["status"] == "succeeded"
@@ -153,7 +146,7 @@ def test_a_local_job_logs_a_sweep_with_nested_trials_training_and_shap(
 def test_a_local_job_with_an_unreachable_server_succeeds_with_a_warning_condition(
         tmp_path: Path, write_manifest: Any) -> None:
     manifest = base_manifest(training={"epochs": 2, "batchSize": 64, "learningRate": 0.003},
-                             tracking={"mlflow": {"uri": f"http://127.0.0.1:{_closed_port()}"}})
+                             tracking={"mlflow": {"uri": f"http://127.0.0.1:{free_port()}"}})
     out = tmp_path / "out.yaml"
     proc = kubetrain("run", str(write_manifest(manifest)), "--storage", str(tmp_path / "s"),
                      "-o", str(out))
