@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from mlflowserver import mlflow_server  # noqa: F401 - a fixture for the tracking tests
 from s3server import s3_server  # noqa: F401 - a fixture for the workload and cluster tests
 
 REQUIRE_CLUSTER_VAR = "KUBETRAIN_REQUIRE_CLUSTER"

@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import os
 import runpy
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from support import EXAMPLES
+from support import EXAMPLES, free_port, wait_for_port
 
 BUCKET = "kubetrain-examples"
 SETUP_CALLS = 3  # create_user, create_access_key, put_user_policy: before auth is enforced
@@ -41,33 +39,19 @@ class S3Server:
                             aws_secret_access_key=self.secret_key)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     pytest.importorskip("moto")
     import boto3
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_CALLS)}
     # 0.0.0.0: pods of the local cluster reach it at the node's address.
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p",
                              str(port)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_for_port(port, proc, 30, "moto server")
         iam = boto3.client("iam", endpoint_url=f"http://127.0.0.1:{port}",
                            region_name="us-east-1", aws_access_key_id="setup",
                            aws_secret_access_key="setup")

@@ -517,3 +517,28 @@ def test_remediation_attempts_are_pods_of_their_own_with_the_attempts_changes() 
     assert command[:3] == ["python", "-m", "kubetrain.workloads.augment"]
     assert "--whole" in command and command[command.index("--unit") + 1] == "remediate-2-augment"
     assert pod["metadata"]["name"] != augment["metadata"]["name"]
+
+
+# ----- tracking credentials ----------------------------------------------------------------------
+
+
+def test_mlflow_credentials_reach_the_tracked_pods_as_secret_references_only() -> None:
+    job = make_job(tracking={"mlflow": {"uri": "http://mlflow.mlops:5000",
+                                        "credentials": {"secret": "mlflow-creds"}}},
+                   explanation={"enabled": True})
+    train_env = b.pod_spec(job, unit_of(job, "train"), SETTINGS, ["train"])["containers"][0]["env"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in train_env if "valueFrom" in e}
+    assert set(refs) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                         "MLFLOW_TRACKING_TOKEN"}
+    assert all(r == {"name": "mlflow-creds", "key": k, "optional": True}
+               for k, r in refs.items())
+    assert not any("value" in e and "MLFLOW" in e["name"] for e in train_env)
+    report = unit_of(job, "report")
+    report_env = b.pod_spec(job, report, SETTINGS, ["report"])["containers"][0]["env"]
+    assert not any(e["name"].startswith("MLFLOW_") for e in report_env)
+
+
+def test_no_tracking_credentials_without_a_secret() -> None:
+    job = make_job(tracking={"mlflow": {"uri": "http://mlflow.mlops:5000"}})
+    env = b.pod_spec(job, unit_of(job, "train"), SETTINGS, ["train"])["containers"][0]["env"]
+    assert not any(e["name"].startswith("MLFLOW_") for e in env)

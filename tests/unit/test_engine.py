@@ -491,3 +491,33 @@ def test_a_trial_that_finds_the_data_refuses_the_spec_makes_the_job_invalid() ->
     assert world.condition("Invalid").message == problem
     assert world.running() == ["report"]  # every trial and the study server stopped
 
+
+# ----- tracking ----------------------------------------------------------------------------
+
+
+def test_a_unit_that_could_not_track_warns_and_the_job_still_succeeds() -> None:
+    world = World(make_job())
+    world.step()
+    world.tick()
+    warning = "mlflow: finishing the run failed, tracking switched off for this unit: refused"
+    world.finish("train", train_result(tracking_warnings=[warning]))
+    step = world.step()
+    condition = world.condition("TrackingDegraded")
+    assert condition is not None and condition.status == "True"
+    assert condition.reason == "TrackingUnavailable"
+    assert condition.message == f"train: {warning}"
+    assert [(e.type, e.reason) for e in step.events if "mlflow" in e.message] == [
+        ("Warning", "TrackingUnavailable")]
+    world.tick()
+    world.finish("report")
+    world.step()
+    assert world.status.phase == "Succeeded"
+
+
+def test_a_tracked_unit_sets_no_tracking_condition() -> None:
+    world = World(make_job())
+    world.step()
+    world.tick()
+    world.finish("train")
+    world.step()
+    assert world.condition("TrackingDegraded") is None

@@ -450,3 +450,26 @@ def test_a_killed_rank_restarts_the_gang_and_the_program_resumes(tmp_path: Path)
     assert unit["restarts"] == 1 and unit["attempt"] == 1
     assert unit["result"]["resumed_from_epoch"] >= 3
     assert [h["epoch"] for h in json.loads(history.read_text())] == list(range(1, 16))
+
+
+def test_a_program_is_tracked_like_the_built_in_trainer(tmp_path: Path,
+                                                       mlflow_server: Any) -> None:
+    job = _job(tmp_path, FALLING, tracking={
+        "tensorboard": True, "mlflow": {"uri": mlflow_server.uri(), "experiment": "program"}})
+    storage = tmp_path / "storage"
+    code, _, _ = _finish(_start(job, storage))
+    assert code == 0 and "tracking_warnings" not in _result(storage)
+    client = mlflow_server.client()
+    experiment = client.get_experiment_by_name("program")
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "custom/train" and run.info.status == "FINISHED"
+    losses = sorted(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in losses] == [(e, v) for e, (_, v) in
+                                                   enumerate(FALLING, start=1)]
+    assert run.data.metrics["test_accuracy"] == 0.5
+    assert run.data.params["training.command"].startswith("['python', 'prog.py'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(storage / "tensorboard" / "train"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/val")] == [1, 2, 3, 4, 5, 6]

@@ -64,6 +64,9 @@ class UnitResult(BaseModel):
     with reason DataUnavailable, and nothing is retried."""
     usage: UnitUsage | None = None
     """What the unit used (measured in the unit), for findings.utilization."""
+    tracking_warnings: list[str] = Field(default_factory=list)
+    """A tracking destination (MLflow, TensorBoard) failed and the unit went on without it: the
+    job gets the TrackingDegraded condition and a warning event, never a failure."""
 
 
 class FetchResult(UnitResult):

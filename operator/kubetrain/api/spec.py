@@ -770,6 +770,41 @@ class StorageSpec(ApiModel):
     inside the PVC."""
 
 
+MLFLOW_CREDENTIAL_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                          "MLFLOW_TRACKING_TOKEN")
+"""Keys of tracking.mlflow.credentials.secret: MLflow's client reads them from the environment."""
+
+
+class TrackingCredentials(ApiModel):
+    """Credentials for the MLflow tracking server (never copied into status, events or logs)."""
+
+    secret: str = Field(pattern=OBJECT_NAME_PATTERN)
+    """On Kubernetes: a Secret in the job's namespace with MLFLOW_TRACKING_USERNAME and
+    MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, given to the work units' pods. The local
+    executor takes the same variables from its environment."""
+
+
+class MlflowSpec(ApiModel):
+    """Log every work unit to an MLflow tracking server: parameters, per-epoch metrics, final
+    metrics, findings, cost and artifacts; a sweep as a parent run with a child run per trial."""
+
+    uri: str = Field(pattern=r"^https?://[^\s/]+(/.*)?$")
+    """The tracking server, e.g. http://mlflow.mlops.svc:5000 (reached from the pods)."""
+    experiment: str | None = Field(default=None, min_length=1, max_length=500)
+    """The experiment the runs go to (created when missing); default: the job's name."""
+    credentials: TrackingCredentials | None = None
+
+
+class TrackingSpec(ApiModel):
+    """Experiment tracking. A tracking server that cannot be reached never fails the training:
+    the unit warns, and the job gets a TrackingDegraded condition and a warning event."""
+
+    tensorboard: bool = False
+    """Write TensorBoard event files (per-epoch metrics) to the job's storage, one run per work
+    unit under ``<storage>/tensorboard/`` (``tensorboard --logdir <storage>/tensorboard``)."""
+    mlflow: MlflowSpec | None = None
+
+
 class TrainingJobSpec(ApiModel):
     """A whole training pipeline: data → augmentation → tuning → training → explanation."""
 
@@ -786,6 +821,7 @@ class TrainingJobSpec(ApiModel):
     findings: FindingsSpec = Field(default_factory=FindingsSpec)
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @model_validator(mode="after")
     def _cross_section(self) -> TrainingJobSpec:

@@ -62,6 +62,7 @@ class Reason(StrEnum):
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
     RECONCILE_ERROR = "ReconcileError"
+    TRACKING_UNAVAILABLE = "TrackingUnavailable"
 
 
 CONDITION_REASONS = tuple(r.value for r in Reason)

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ..api.resource import API_VERSION, KIND, TrainingJob
+from ..api.spec import MLFLOW_CREDENTIAL_KEYS
 from ..launcher import LAUNCHER, PROGRAM_DIR
 from ..pipeline.plan import STUDY_PORT, STUDY_UNIT, WorkUnit
 
@@ -195,7 +196,7 @@ def pod_spec(job: TrainingJob, unit: WorkUnit, settings: WorkerSettings,
             "imagePullPolicy": settings.image_pull_policy,
             "command": command,
             "env": [{"name": k, "value": v} for k, v in environment.items()]
-            + _credentials(job, unit),
+            + _credentials(job, unit) + _tracking_credentials(job, unit),
             "resources": _resources(unit),
             "volumeMounts": mounts,
             "terminationMessagePath": "/dev/termination-log",
@@ -222,6 +223,21 @@ def _credentials(job: TrainingJob, unit: WorkUnit) -> list[dict[str, Any]]:
     return [{"name": key, "valueFrom": {"secretKeyRef": {
         "name": creds.secret, "key": key, **({"optional": True} if optional else {})}}}
         for key, optional in CREDENTIAL_KEYS]
+
+
+TRACKED_KINDS = frozenset({"train", "fold", "trial", "tune", "tune-summary", "explain"})
+"""Units that log to the tracking server (the others have no run of their own)."""
+
+
+def _tracking_credentials(job: TrainingJob, unit: WorkUnit) -> list[dict[str, Any]]:
+    """The units that log to MLflow read its Secret (a user name and password, or a token:
+    each key optional); the pod spec holds only references to them."""
+    mlflow = job.spec.tracking.mlflow
+    if mlflow is None or mlflow.credentials is None or unit.kind not in TRACKED_KINDS:
+        return []
+    return [{"name": key, "valueFrom": {"secretKeyRef": {
+        "name": mlflow.credentials.secret, "key": key, "optional": True}}}
+        for key in MLFLOW_CREDENTIAL_KEYS]
 
 
 def study_address(job: TrainingJob) -> str:

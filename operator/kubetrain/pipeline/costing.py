@@ -25,7 +25,13 @@ def trial_cost(spec: TrainingJobSpec, seconds: float) -> float | None:
     """What a trial unit's requests cost over ``seconds`` at the job's prices, unrounded (the
     ``cost`` objective: trials of a few seconds differ in the 7th decimal). None without a
     trial unit in the plan (the Ray backend runs its trials inside one unit)."""
-    unit = plan(spec).unit(f"{TRIAL_PREFIX}0")
+    return unit_cost(spec, f"{TRIAL_PREFIX}0", seconds)
+
+
+def unit_cost(spec: TrainingJobSpec, unit_name: str, seconds: float) -> float | None:
+    """What the planned unit ``unit_name`` requests cost over ``seconds`` at the job's prices,
+    unrounded; None when the plan has no such unit."""
+    unit = plan(spec).unit(unit_name)
     if unit is None:
         return None
     return seconds / 3600.0 * hourly_rate(unit_usage(unit, 0.0), spec.findings.cost.prices)

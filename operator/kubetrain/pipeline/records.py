@@ -142,11 +142,20 @@ class UnitRecords:
         record.phase = StagePhase.SUCCEEDED
         record.completion_time = self.at
         record.result = _compact(seen.result or {})
+        self._tracked(unit, result)
         self._apply(unit, result)
+
+    def _tracked(self, unit: WorkUnit, result: UnitResult | None) -> None:
+        """A unit that could not reach its tracking destination: a warning, never a failure."""
+        if result is not None and result.tracking_warnings:
+            message = st.apply_tracking_warnings(self.status, unit.name,
+                                                 result.tracking_warnings, self.at)
+            self.event("Warning", Reason.TRACKING_UNAVAILABLE, message)
 
     def _failed(self, unit: WorkUnit, record: UnitStatus, seen: Observation,
                 result: UnitResult | None = None, why: str | None = None) -> None:
         result = result or parse_result(unit.kind, seen.result)
+        self._tracked(unit, result)
         detail = why or (f"exited with code {seen.exit_code}"
                          + (f" ({seen.reason})" if seen.reason else ""))
         tail = (seen.output or "").strip().splitlines()[-1:]

@@ -235,3 +235,16 @@ def apply_explanation_result(status: TrainingJobStatus, result: ExplanationResul
         status.artifacts[f"shap{name[:1].upper()}{name[1:]}"] = path
     if result.analysis:
         status.artifacts["explanation"] = result.analysis
+
+
+TRACKING_CONDITION = "TrackingDegraded"
+
+
+def apply_tracking_warnings(status: TrainingJobStatus, unit: str, warnings: Sequence[str],
+                            at: str) -> str:
+    """A unit's run could not be tracked: the TrackingDegraded condition (the training goes on);
+    returns the message for the warning event."""
+    message = f"{unit}: {warnings[0]}" + (f" (and {len(warnings) - 1} more)"
+                                          if len(warnings) > 1 else "")
+    set_condition(status, TRACKING_CONDITION, "True", Reason.TRACKING_UNAVAILABLE, message, at)
+    return message

@@ -32,6 +32,8 @@ from ..explain import (
     write_outputs,
 )
 from ..report import MAX_RESULT_BYTES, Reporter, default_result_path
+from ..tracking import UnitRun, UnitTracker
+from ..tracking.records import explanation_record
 from ..usage import USAGE_FILE
 from .args import add_common_arguments
 
@@ -87,6 +89,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        background=settings.background, base_dir=args.base_dir,
                        data_root=args.data_root, storage=args.storage)
     method = resolve_method(args.method or settings.method)
+    tracker = UnitTracker.open(spec, UnitRun(job.metadata.name, args.unit, "explain"),
+                               args.storage)
+    tracker.start({"explanation.method": method, "explanation.samples": str(settings.samples),
+                   "explanation.background": str(settings.background),
+                   "explanation.model": str(model_path)})
     reporter.event("start", unit=args.unit, method=method,
                    requested_method=args.method or settings.method, samples=len(data.samples),
                    sample_split=data.sample_split, background=len(data.background),
@@ -122,7 +129,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             + ("DeepExplainer may not support a layer of this model; use method gradient"
                if method == "deep" else "raise --nsamples for more accurate values"))
         reporter.event("warning", unit=args.unit, message=result["warning"])
-    reporter.result(_fit_top_features(result))
+    tracker.finish(explanation_record(result))
+    reporter.result(_fit_top_features(tracker.report_into(result)))
     return result
 
 

@@ -39,10 +39,19 @@ from ..findings.overfitting import analyze_overfitting, should_stop_for_overfitt
 from ..launcher import cancel
 from ..pipeline.params import apply_params, program_params
 from ..report import Reporter, parse_event, refuse, write_json_atomic
+from ..tracking import UnitTracker
+from ..tracking.naming import flat_params, unit_run
 from ..usage import USAGE_FILE
 from .program import ChildProgram, ContainerProgram, Program
-from .train import HISTORY_FILE, SpecProblem, parse_args, result_path, training_data
-from .trainer import OVERFITTING_STOP, EpochCallback
+from .train import (
+    HISTORY_FILE,
+    SpecProblem,
+    finish_tracking,
+    parse_args,
+    result_path,
+    training_data,
+)
+from .trainer import OVERFITTING_STOP, EpochCallback, EpochObserver
 
 TAIL_LINES = 60
 """Lines of the program's output kept for the failure message (torchrun's summary included)."""
@@ -207,6 +216,8 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
     reporter = Reporter(result_path(args), enabled=main_rank,
                         usage_series=None if program_dir else
                         args.storage / args.unit / USAGE_FILE)
+    tracker = UnitTracker.open(spec, unit_run(job.metadata.name, args.unit, args.fold),
+                               args.storage, enabled=main_rank)
     env = program_environment(spec, args, where, params, epochs)
     command = substitute(user_command, placeholder_values(env, params), params)
     if program_dir is None:
@@ -216,6 +227,7 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
     if main_rank:
         where.stop_file.unlink(missing_ok=True)
         rows = export_data(spec, args, where.data_dir)
+        tracker.start(flat_params(spec, trial_params))
         reporter.event("start", unit=args.unit, command=shlex.join(user_command),
                        train=rows, epochs=epochs, world_size=int(os.environ.get("WORLD_SIZE")
                                                       or math.prod(_gang(spec, args.unit))))
@@ -239,7 +251,8 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
         program.stop()
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        _follow(program, spec, state, reporter, unit_dir, epochs, main_rank, on_epoch)
+        _follow(program, spec, state, reporter, unit_dir, epochs, main_rank, on_epoch,
+                tracker.epoch)
     except BaseException:
         program.stop(grace=0)
         program.wait()
@@ -250,7 +263,7 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
     if not main_rank:
         return {"status": "succeeded" if code == 0 else "failed", "exit_code": code}
     return _summary(spec, args, state, code, terminated.is_set(), epochs, started, reporter,
-                    unit_dir)
+                    unit_dir, tracker)
 
 
 def _gang(spec: TrainingJobSpec, unit: str) -> tuple[int, int]:
@@ -300,7 +313,7 @@ def _previous_history(unit_dir: Path) -> list[dict[str, float]]:
 
 def _follow(program: Program, spec: TrainingJobSpec, state: Run, reporter: Reporter,
             unit_dir: Path, epochs: int, main_rank: bool,
-            on_epoch: EpochCallback | None) -> None:
+            on_epoch: EpochCallback | None, observe: EpochObserver) -> None:
     """Pass the program's output through; act on its events (rank 0 only)."""
     last = time.time()
     first_epoch = True
@@ -331,6 +344,8 @@ def _follow(program: Program, spec: TrainingJobSpec, state: Run, reporter: Repor
             write_json_atomic(unit_dir / HISTORY_FILE, state.history)
             best = _best_epoch(state.history, spec)
             reporter.event("epoch", epochs=epochs, best_epoch=best, **metrics)
+            if main_rank:
+                observe(dict(metrics))
             if program.stop_requested:
                 continue
             if on_epoch is not None and on_epoch(dict(metrics)):
@@ -378,7 +393,7 @@ def _model_file(state: Run, unit_dir: Path) -> Path | None:
 
 def _summary(spec: TrainingJobSpec, args: argparse.Namespace, state: Run, code: int,
              terminated: bool, epochs: int, started: float, reporter: Reporter,
-             unit_dir: Path) -> dict[str, Any]:
+             unit_dir: Path, tracker: UnitTracker) -> dict[str, Any]:
     history = state.history
     best = _best_epoch(history, spec)
     metric = monitored_metric(spec)
@@ -429,7 +444,8 @@ def _summary(spec: TrainingJobSpec, args: argparse.Namespace, state: Run, code: 
     if model is not None and model.exists():
         summary["model"] = str(model)
     write_json_atomic(unit_dir / HISTORY_FILE, history)
-    reporter.result(summary)
+    finish_tracking(tracker, spec, summary, history, unit_dir)
+    reporter.result(tracker.report_into(summary))
     return summary
 
 

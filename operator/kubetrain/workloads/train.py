@@ -36,8 +36,12 @@ from ..data.datasets import LazyRows
 from ..findings.overfitting import analyze_overfitting
 from ..findings.remediation import apply_changes, changes_from_json
 from ..models import ModelError, build_model
+from ..pipeline.costing import unit_cost
 from ..pipeline.params import apply_params
 from ..report import Reporter, default_result_path, refuse, write_json_atomic
+from ..tracking import UnitTracker
+from ..tracking.naming import flat_params, plan_unit_name, unit_run
+from ..tracking.records import training_record
 from ..usage import USAGE_FILE
 from . import checkpoint as ckpt
 from .args import add_common_arguments, add_remediation_argument
@@ -53,6 +57,7 @@ from .trainer import (
 
 MODEL_FILE = "model.pt"
 HISTORY_FILE = "history.json"
+LOSS_CURVE_FILE = "loss-curve.png"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -145,8 +150,11 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
     unit_dir = args.storage / args.unit
     reporter = Reporter(result_path(args), enabled=ctx.is_main,
                         usage_series=unit_dir / USAGE_FILE)
+    reporter = Reporter(result_path(args), enabled=ctx.is_main)
+    tracker = UnitTracker.open(spec, unit_run(job.metadata.name, args.unit, args.fold),
+                               args.storage, enabled=ctx.is_main)
     try:
-        result = _train(spec, args, ctx, unit_dir, reporter, on_epoch)
+        result = _train(spec, args, ctx, unit_dir, reporter, on_epoch, tracker)
     except BaseException:
         shutdown(ctx, finished=False)
         raise
@@ -203,7 +211,8 @@ def training_data(spec: TrainingJobSpec, args: argparse.Namespace,
 
 
 def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, unit_dir: Path,
-           reporter: Reporter, on_epoch: EpochCallback | None) -> dict[str, Any]:
+           reporter: Reporter, on_epoch: EpochCallback | None,
+           tracker: UnitTracker) -> dict[str, Any]:
     started = time.time()
     data = training_data(spec, args, memory_budget(spec))
     dataset, splits, train_rows, augmented = (data.dataset, data.splits, data.train_rows,
@@ -241,9 +250,10 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
         parameters=sum(p.numel() for p in model.parameters()),
         epochs=args.epochs or spec.training.epochs,
     )
+    tracker.start(flat_params(spec, json.loads(args.params) if args.params else None))
     trainer = Trainer(spec, model, dataset.task, train, val, ctx, reporter,
                       checkpoint_dir=unit_dir / "checkpoints", epochs=args.epochs,
-                      on_epoch=on_epoch, target_scale=target_std)
+                      on_epoch=on_epoch, target_scale=target_std, observe=tracker.epoch)
     fit = trainer.fit()
     # The findings are pure functions of the history: the unit that has the whole history
     # analyses it, and both executors file the finding from the result.
@@ -301,8 +311,27 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
             summary["model"] = str(unit_dir / MODEL_FILE)
     if fit.stop_reason == "terminated by signal":
         summary["status"] = "terminated"
-    reporter.result(summary)
+    if ctx.is_main:
+        finish_tracking(tracker, spec, summary, fit.history, unit_dir)
+    reporter.result(tracker.report_into(summary))
     return summary
+
+
+def finish_tracking(tracker: UnitTracker, spec: TrainingJobSpec, summary: dict[str, Any],
+                    history: list[dict[str, float]], unit_dir: Path) -> None:
+    """The unit's final metrics, findings, cost and files to its tracking runs."""
+    if not tracker.sinks:
+        return
+    run = unit_run("", summary["unit"], summary["fold"])
+    record = training_record(spec, summary,
+                             unit_cost(spec, plan_unit_name(run), summary["seconds"]))
+    if tracker.takes_files and history:
+        from .artifacts import plot_loss_curve
+
+        record.files.append(plot_loss_curve(history, summary["best_epoch"],
+                                            unit_dir / LOSS_CURVE_FILE,
+                                            f"{summary['unit']}: loss per epoch"))
+    tracker.finish(record)
 
 
 class SpecProblem(ValueError):

@@ -33,6 +33,8 @@ from .distributed import DistContext, all_reduce_sum
 OVERFITTING_STOP = "overfitting detected (findings.overfitting.action: stop)"
 EpochCallback = Callable[[dict[str, float]], bool]
 """Called on rank 0 after each epoch with its metrics; returning True stops training (pruning)."""
+EpochObserver = Callable[[dict[str, float]], None]
+"""Called on rank 0 after every epoch with its metrics, whatever stops training (tracking)."""
 
 
 @dataclass
@@ -214,7 +216,9 @@ class Trainer:
         epochs: int | None = None,
         on_epoch: EpochCallback | None = None,
         target_scale: float = 1.0,
+        observe: EpochObserver | None = None,
     ) -> None:
+        self.observe = observe
         self.target_scale = target_scale
         self.spec = spec
         self.cfg = spec.training
@@ -419,6 +423,8 @@ class Trainer:
                 metrics["samples_per_second"] = self.per_rank * self.ctx.world_size / seconds
                 metrics["seconds"] = time.perf_counter() - epoch_start
                 history.append(metrics)
+                if self.observe is not None and self.ctx.is_main:
+                    self.observe(dict(metrics))
 
                 value = metrics[self.monitor]
                 es_cfg = self.cfg.early_stopping

@@ -262,6 +262,8 @@ def run_trial(spec: TrainingJobSpec, args: argparse.Namespace, study: optuna.Stu
         fields["error"] = error[:500]
     if problems:
         fields["problems"] = problems
+    if summary.get("tracking_warnings"):
+        fields["tracking_warnings"] = summary["tracking_warnings"]
     reporter.event("trial", number=number, state=fields["state"], value=value,
                    params=params, epoch=epochs_run, **({"error": fields["error"]} if error
                                                       else {}))

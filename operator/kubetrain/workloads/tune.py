@@ -28,6 +28,9 @@ from ..api import load_training_job
 from ..api.spec import TrainingJobSpec
 from ..pipeline.plan import SUMMARY_UNIT, target_trials
 from ..report import Reporter, default_result_path, write_json_atomic
+from ..tracking import UnitRun, UnitTracker
+from ..tracking.naming import sweep_params
+from ..tracking.records import sweep_record
 from ..tuning.study import (
     TRIALS_FILE,
     create_study_once,
@@ -148,13 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     storage = open_storage(args.storage, study_server=args.study_server,
                            url=spec.tuning.storage)
     study = create_study_once(storage, job.metadata.name, spec)
+    # The sweep's parent run: the trials' runs are its children.
+    tracker = UnitTracker.open(spec, UnitRun(job.metadata.name, "tuning", "sweep"),
+                               args.storage)
+    tracker.start(sweep_params(spec))
     if args.summarize:
         result = summarize_sweep(study, spec, args, started)
     else:
         result = ray_sweep(study, spec, args, reporter, started)
     if result.get("message"):
         print(f"tuning failed: {result['message']}", file=sys.stderr)
-    reporter.result(result)
+    tracker.finish(sweep_record(spec, result))
+    reporter.result(tracker.report_into(result))
     return {"succeeded": 0, "terminated": 143}.get(result["status"], 1)
 
 
