@@ -489,6 +489,15 @@ def _row_layout(stored: tuple[int, ...]) -> tuple[int, ...]:
     return stored
 
 
+def _npy_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """Shape, Fortran order and dtype from a .npy header at ``f``'s position (no data read)."""
+    major, _ = np.lib.format.read_magic(f)
+    read = (np.lib.format.read_array_header_1_0 if major == 1
+            else np.lib.format.read_array_header_2_0)
+    shape, fortran_order, dtype = read(f)
+    return tuple(shape), bool(fortran_order), np.dtype(dtype)
+
+
 def _stored_member(path: Path, member: str) -> np.ndarray | None:
     """A read-only memory map of an array stored uncompressed in an npz file (zip members are
     contiguous then: a local header, the .npy header, the data); None when it is compressed
@@ -505,10 +514,7 @@ def _stored_member(path: Path, member: str) -> np.ndarray | None:
         local = f.read(30)  # the local file header: its name and extra field lengths at 26
         name_length, extra_length = struct.unpack("<HH", local[26:30])
         f.seek(info.header_offset + 30 + name_length + extra_length)
-        major, _ = np.lib.format.read_magic(f)
-        read_header = (np.lib.format.read_array_header_1_0 if major == 1
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran_order, dtype = read_header(f)
+        shape, fortran_order, dtype = _npy_header(f)
         start = f.tell()
     if fortran_order or dtype.hasobject:
         return None
@@ -586,10 +592,7 @@ def _shard_header(f: Path) -> tuple[tuple[int, ...], np.dtype[Any], np.ndarray]:
                     raise DatasetError(f"dataset.uri: shard {f.name} has no array {key!r}; "
                                        f"arrays: {', '.join(names) or '(none)'}")
             with archive.zip.open("X.npy") as member:
-                major, _ = np.lib.format.read_magic(member)
-                read_header = (np.lib.format.read_array_header_1_0 if major == 1
-                               else np.lib.format.read_array_header_2_0)
-                shape, _, dtype = read_header(member)
+                shape, _, dtype = _npy_header(member)
             y = np.asarray(archive["y"])
     except DatasetError:
         raise

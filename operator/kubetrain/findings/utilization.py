@@ -15,13 +15,13 @@ data fetch) have fixed small requests and are not judged.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ..api.quantity import parse_cpu, parse_memory_gib
 from ..api.results import UnitUsage
 from ..api.spec import TrainingJobSpec
-from ..api.status import UtilizationFinding, UtilizationIssue
+from ..api.status import UtilizationFinding, UtilizationIssue, UtilizationKind
 from .cost import Usage, stage_cost
 
 CPU_HEADROOM = 1.25
@@ -82,42 +82,60 @@ def _measured(units: Sequence[UnitUse]) -> list[tuple[UnitUse, UnitUsage]]:
             if u.sized and u.usage is not None and u.usage.samples >= MIN_SAMPLES]
 
 
+@dataclass(frozen=True)
+class _Resource:
+    """How one request of training.resources is judged and written."""
+
+    name: str
+    kind: UtilizationKind
+    what: str
+    """What the share is of, and which figure of the use: for the message."""
+    headroom: float
+    floor: float
+    text: Callable[[float], str]
+    parse: Callable[[str], float]
+
+
+_CPU = _Resource("cpu", "cpuOverRequested", "the cores they requested (95th percentile)",
+                 CPU_HEADROOM, 0.1, _cpu_text, parse_cpu)
+_MEMORY = _Resource("memory", "memoryOverRequested", "the memory they requested (peak)",
+                    MEMORY_HEADROOM, 0.25, _memory_text, parse_memory_gib)
+
+
+def _over_request(resource: _Resource, share: float, units: Sequence[UnitUse],
+                  spec: TrainingJobSpec) -> UtilizationIssue | None:
+    """The issue when ``training.resources.<name>`` is at least OVER_REQUEST times what would
+    have fitted ``share`` of it with headroom; None when it is not."""
+    current = getattr(spec.training.resources, resource.name)
+    value = resource.parse(current)
+    fits = resource.text(max(resource.floor, value * share * resource.headroom))
+    factor = resource.parse(fits) / value
+    if factor > 1 / OVER_REQUEST:
+        return None
+    scale = {"cpu_factor" if resource.name == "cpu" else "memory_factor": factor}
+    field = f"training.resources.{resource.name}"
+    return UtilizationIssue(
+        kind=resource.kind, units=[u.name for u in units], field=field, current=current,
+        suggested=fits, saving=round(_saving(units, spec, **scale), 6),
+        message=(f"the units used at most {share:.0%} of {resource.what}: {field} {current} "
+                 f"-> {fits} would have fitted with headroom"))
+
+
 def _right_sizing(measured: list[tuple[UnitUse, UnitUsage]], spec: TrainingJobSpec,
                   finding: UtilizationFinding) -> None:
-    res = spec.training.resources
-    cpu_field, memory_field = parse_cpu(res.cpu), parse_memory_gib(res.memory)
-    cpu_shares = [m.cpu_p95 / u.requested.cpu for u, m in measured
-                  if m.cpu_p95 is not None and u.requested.cpu > 0]
-    memory_shares = [m.memory_peak_gib / u.requested.memory_gib for u, m in measured
-                     if m.memory_peak_gib is not None and u.requested.memory_gib > 0]
     units = [u for u, _ in measured]
-    names = [u.name for u in units]
-    if cpu_shares:
-        share = max(cpu_shares)
-        finding.cpu_used_share = round(share, 3)
-        fits = max(0.1, cpu_field * share * CPU_HEADROOM)
-        suggested = parse_cpu(_cpu_text(fits))
-        if cpu_field >= OVER_REQUEST * suggested:
-            finding.issues.append(UtilizationIssue(
-                kind="cpuOverRequested", units=names, field="training.resources.cpu",
-                current=res.cpu, suggested=_cpu_text(fits),
-                saving=round(_saving(units, spec, cpu_factor=suggested / cpu_field), 6),
-                message=(f"the units used at most {share:.0%} of the cores they requested "
-                         f"(95th percentile): training.resources.cpu {res.cpu} -> "
-                         f"{_cpu_text(fits)} would have fitted with headroom")))
-    if memory_shares:
-        share = max(memory_shares)
-        finding.memory_used_share = round(share, 3)
-        fits = max(0.25, memory_field * share * MEMORY_HEADROOM)
-        suggested = parse_memory_gib(_memory_text(fits))
-        if memory_field >= OVER_REQUEST * suggested:
-            finding.issues.append(UtilizationIssue(
-                kind="memoryOverRequested", units=names, field="training.resources.memory",
-                current=res.memory, suggested=_memory_text(fits),
-                saving=round(_saving(units, spec, memory_factor=suggested / memory_field), 6),
-                message=(f"the units used at most {share:.0%} of the memory they requested "
-                         f"(peak): training.resources.memory {res.memory} -> "
-                         f"{_memory_text(fits)} would have fitted with headroom")))
+    cpu = [m.cpu_p95 / u.requested.cpu for u, m in measured
+           if m.cpu_p95 is not None and u.requested.cpu > 0]
+    memory = [m.memory_peak_gib / u.requested.memory_gib for u, m in measured
+              if m.memory_peak_gib is not None and u.requested.memory_gib > 0]
+    if cpu:
+        finding.cpu_used_share = round(max(cpu), 3)
+    if memory:
+        finding.memory_used_share = round(max(memory), 3)
+    for resource, shares in ((_CPU, cpu), (_MEMORY, memory)):
+        issue = _over_request(resource, max(shares), units, spec) if shares else None
+        if issue is not None:
+            finding.issues.append(issue)
 
 
 def _gpus(measured: list[tuple[UnitUse, UnitUsage]], spec: TrainingJobSpec,
