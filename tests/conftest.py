@@ -15,6 +15,16 @@ import pytest
 import yaml
 from mlflowserver import mlflow_server  # noqa: F401 - a fixture for the tracking tests
 from s3server import s3_server  # noqa: F401 - a fixture for the workload and cluster tests
+from support import cluster_env
+
+# The kubernetes client fixes its default kubeconfig path (KUBECONFIG, else ~/.kube/config)
+# when it is first imported, and tests that import it are collected before any fixture runs:
+# the machine's cluster must be in the environment before that, or the in-process operator
+# (kopf logs in through that client) finds no cluster and does nothing.
+if not os.environ.get("KUBECONFIG"):
+    _env = cluster_env()
+    if _env.get("KUBECONFIG"):
+        os.environ["KUBECONFIG"], os.environ["PATH"] = _env["KUBECONFIG"], _env["PATH"]
 
 REQUIRE_CLUSTER_VAR = "KUBETRAIN_REQUIRE_CLUSTER"
 # nodeid -> "passed" | "failed" | "xfailed" | "skipped" | "required" (a skip made a failure)
