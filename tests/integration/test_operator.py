@@ -55,7 +55,7 @@ def test_small_job_succeeds_with_findings_columns_and_events(namespace: str,
     table = kubectl("get", "tj", "-n", namespace).stdout
     for column in ("PHASE", "STAGE", "PROGRESS", "BEST", "OVERFIT", "COST", "AGE"):
         assert column in table
-    assert "Succeeded" in table and "6/6 epochs" in table
+    assert "Succeeded" in table and "epoch 6/6" in table
     events = kubectl("describe", "tj", "digits-small", "-n", namespace).stdout
     assert "StageRunning" in events and "Succeeded" in events
     # report.md, the loss curve and status.yaml in the job's storage, written by the report

@@ -150,7 +150,6 @@ def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> dict
     unit_dir = args.storage / args.unit
     reporter = Reporter(result_path(args), enabled=ctx.is_main,
                         usage_series=unit_dir / USAGE_FILE)
-    reporter = Reporter(result_path(args), enabled=ctx.is_main)
     tracker = UnitTracker.open(spec, unit_run(job.metadata.name, args.unit, args.fold),
                                args.storage, enabled=ctx.is_main)
     try:
