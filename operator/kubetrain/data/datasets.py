@@ -170,16 +170,18 @@ def _load_builtin(name: str, task: str) -> Dataset:
 # npz
 
 
+def _require_xy(names: list[str], what: str) -> None:
+    """An npz file (or shard) must hold arrays X and y."""
+    for key in ("X", "y"):
+        if key not in names:
+            raise DatasetError(f"dataset.uri: {what} has no array {key!r}; "
+                               f"arrays: {', '.join(names) or '(none)'}")
+
+
 def _load_npz(path: Path, task: str) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.keys())
-            for key in ("X", "y"):
-                if key not in keys:
-                    raise DatasetError(
-                        f"dataset.uri: {path.name} has no array {key!r}; "
-                        f"arrays: {', '.join(keys) or '(none)'}"
-                    )
+            _require_xy(archive.files, path.name)
             X_raw = np.asarray(archive["X"])
             y_raw = np.asarray(archive["y"])
     except DatasetError:
@@ -586,11 +588,7 @@ def _shard_header(f: Path) -> tuple[tuple[int, ...], np.dtype[Any], np.ndarray]:
     """A shard's X shape and dtype (from the .npy header, no data read) and its y."""
     try:
         with np.load(f, allow_pickle=False) as archive:
-            names = archive.files
-            for key in ("X", "y"):
-                if key not in names:
-                    raise DatasetError(f"dataset.uri: shard {f.name} has no array {key!r}; "
-                                       f"arrays: {', '.join(names) or '(none)'}")
+            _require_xy(archive.files, f"shard {f.name}")
             with archive.zip.open("X.npy") as member:
                 shape, _, dtype = _npy_header(member)
             y = np.asarray(archive["y"])
