@@ -252,7 +252,8 @@ def augment_stage(sizes: Sizes, device: torch.device) -> list[Row]:
                 pipeline(on_device[begin:begin + batch])
 
     times: dict[str, list[float]] = {"ours": [], "raw": []}
-    ours(), raw()  # warm-up
+    ours()  # warm-up
+    raw()
     for _ in range(max(2, sizes.repeats)):
         for name, fn in (("ours", ours), ("raw", raw)):
             sync(device)
@@ -310,14 +311,16 @@ def run_unit(manifest: dict[str, Any], folder: Path, name: str) -> dict[str, Any
 def findings_stage(sizes: Sizes, folder: Path) -> list[Row]:
     gpus = 1 if sizes.cuda else 0
     images = tt.synthetic_npz({"kind": "images", "rows": sizes.images}, folder)
-    digits = {"builtin": "digits", **({} if sizes.cuda else {"fraction": 0.3})}
-    tiny = {"builtin": "mlp", "params": {"hiddenUnits": [32]}}
+    digits: dict[str, Any] = {"builtin": "digits", **({} if sizes.cuda else {"fraction": 0.3})}
+    tiny: dict[str, Any] = {"builtin": "mlp", "params": {"hiddenUnits": [32]}}
     # well-fed: a ResNet busy for tens of seconds (20 epochs of 20,000 images at batch 512),
     # so the unit's start (imports, CUDA context, data) is a small share of its samples
-    fed_model = ({"builtin": "resnet", "params": {"channels": [128, 256, 512]}} if sizes.cuda
-                 else {"builtin": "cnn", "params": {"channels": [8, 16], "hiddenUnits": 32}})
+    fed_model: dict[str, Any] = (
+        {"builtin": "resnet", "params": {"channels": [128, 256, 512]}} if sizes.cuda
+        else {"builtin": "cnn", "params": {"channels": [8, 16], "hiddenUnits": 32}})
     fed_batch = 512 if sizes.cuda else 64
-    runs = {  # name: (dataset, model, batch, epochs)
+    runs: dict[str, tuple[dict[str, Any], dict[str, Any], int, int]] = {
+        # name: (dataset, model, batch, epochs)
         # starved: a tiny MLP on 8x8 images, 4 at a time: the GPU waits on Python
         "starved (batch 4)": (digits, tiny, 4, 1),
         f"well-fed (batch {fed_batch})": ({"uri": str(images)}, fed_model, fed_batch,
