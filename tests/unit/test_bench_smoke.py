@@ -87,3 +87,40 @@ def test_usage_overhead_bench_times_both_arms_and_the_sampler(tmp_path: Path) ->
         torch.set_num_threads(threads)
     assert row["step_ms_off"] > 0 and row["step_ms_on"] > 0 and row["sample_ms"] > 0
     assert json.loads((tmp_path / "o.json").read_text()) == row
+
+
+def test_gpu_bench_cpu_mode_gives_every_row_beside_its_baseline(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/gpu.sh's CPU mode: the same code paths as on a GPU, small (about a minute)."""
+    path = BENCH.parent / "gpu.py"
+    spec = importlib.util.spec_from_file_location("kubetrain_bench_gpu", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    out = tmp_path / "gpu.json"
+    try:
+        assert bench.main(["--cpu", "--json", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    figures = json.loads(out.read_text())
+    assert figures["env"]["device"] == "cpu"
+    rows = figures["rows"]
+    cases = [c.name for c in bench.trainer_cases(bench.Sizes.for_device(False))]
+    trainer = [(r["case"].split()[0], r["baseline"]) for r in rows if r["stage"] == "trainer"]
+    assert trainer == [(c, b) for c in cases for b in ("hand-written best", "naive fp32 eager")]
+    by_stage = {stage: [r for r in rows if r["stage"] == stage] for stage in bench.STAGES}
+    assert [r["baseline"] for r in by_stage["augment"]] == ["raw kornia (on device)"]
+    assert [r["ours"] for r in by_stage["explain"]] == ["kubetrain gradient",
+                                                        "completeness error"]
+    assert [r["case"].split()[0] for r in by_stage["findings"]] == ["starved", "well-fed"]
+    assert [r["case"] for r in by_stage["units"]] == ["augment-0", "trial-0", "train",
+                                                      "explain"]
+    assert all(r["ours"] == "ran on cpu" for r in by_stage["units"])
+    for row in rows:
+        if row["stage"] in ("trainer", "augment", "explain") and row["unit"] != "share":
+            assert row["value"] > 0 and row["baseline_value"] > 0 and row["ratio"] > 0, row
+        assert row["met"] is None  # the goals are the GPU's
+    table = capsys.readouterr().out
+    assert all(case in table for case in cases)

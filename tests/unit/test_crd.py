@@ -192,7 +192,8 @@ def test_defaults_validate_against_their_own_schema(root: dict[str, Any]) -> Non
     ("path", "values"),
     [
         ("spec.training.optimizer", ["adamw", "sgd"]),
-        ("spec.training.precision", ["fp32", "bf16", "fp16"]),
+        ("spec.training.precision", ["auto", "fp32", "bf16", "fp16"]),
+        ("spec.training.compile", ["none", "default", "reduce-overhead"]),
         ("spec.dataset.builtin", ["digits", "breast_cancer", "wine", "iris", "diabetes"]),
         ("spec.model.builtin", ["mlp", "cnn", "resnet"]),
         ("spec.tuning.sampler", ["grid", "random", "tpe", "cmaes", "gp", "nsga2"]),

@@ -366,7 +366,8 @@ def test_nan_loss_is_non_finite() -> None:
     for row in history[5:]:
         row["val_loss"] = math.nan
     history[7]["train_loss"] = math.inf
-    spec = make_spec(training={"precision": "bf16", "learningRate": 0.01})
+    spec = make_spec(training={"precision": "bf16", "learningRate": 0.01,
+                                "resources": {"gpusPerNode": 1}})
     finding = analyze_overfitting(history, spec)
     assert finding.verdict == "none"
     assert finding.rules == ["non-finite"]

@@ -11,19 +11,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubetrain.report import MAX_RESULT_BYTES, parse_event
 from support import base_manifest
 
 
-def _start_unit(job: Path, storage: Path, *extra: str, nproc: int = 1) -> subprocess.Popen[str]:
+def _start_unit(job: Path, storage: Path, *extra: str, nproc: int = 1,
+                env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     module = ["-m", "kubetrain.workloads.train", "--job", str(job), "--storage", str(storage),
               *extra]
     command = [sys.executable, *module] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc-per-node={nproc}", *module]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                            start_new_session=True)
 
 
 def _events(proc: subprocess.Popen[str]) -> list[dict[str, Any]]:
@@ -165,3 +167,60 @@ def test_a_spec_the_data_refuses_ends_with_its_problems_and_exit_code_2(
     assert result["status"] == "failed"
     assert len(result["problems"]) == 1
     assert result["problems"][0].startswith("spec.model.builtin: cnn needs image data")
+
+
+def test_ddp_over_two_processes_gives_the_losses_of_one_process(
+        tmp_path: Path, write_manifest: Any) -> None:
+    """The gloo path of the trainer's DDP (as NCCL on GPUs, one process per device): the same
+    global batch gives the same per-epoch losses as one process. The training rows do not split
+    evenly (a padded rank, an odd last batch) and the model has no BatchNorm (on the CPU torch
+    cannot synchronize its statistics; on GPUs the trainer uses SyncBatchNorm)."""
+    package = tmp_path / "usermodels"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(
+        "from torch import nn\n"
+        "def build(input_shape, num_outputs, dropout):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(),\n"
+        "                         nn.Linear(48, num_outputs))\n")
+    job = write_manifest(base_manifest(
+        model={"entrypoint": "usermodels.nets:build"},
+        training={"epochs": 3, "batchSize": 64, "learningRate": 0.003,
+                  "weightDecay": 0.01, "resources": {"nprocPerNode": 2}}))
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    histories = {}
+    for nproc in (1, 2):
+        storage = tmp_path / f"storage-{nproc}"
+        events = _events(_start_unit(job, storage, nproc=nproc, env=env))
+        start = next(e for e in events if e["event"] == "start")
+        assert start["world_size"] == nproc
+        assert start["train"] % 2 == 1 and start["train"] % 64 % 2 == 1  # uneven on purpose
+        histories[nproc] = json.loads((storage / "train" / "history.json").read_text())
+    assert len(histories[1]) == len(histories[2]) == 3
+    for one, two in zip(histories[1], histories[2], strict=True):
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), (one, two)
+
+
+def test_compiled_training_matches_eager_and_reports_its_compile_time(
+        tmp_path: Path, write_manifest: Any) -> None:
+    """training.compile: default on the CPU (torch.compile's inductor needs a C compiler):
+    the same losses as eager training, and the acceleration used in the result. One batch
+    shape (1257 training rows = 3 x 419) keeps it to one compilation."""
+    results = {}
+    for mode in ("none", "default"):
+        job = write_manifest(base_manifest(
+            training={"epochs": 2, "batchSize": 419, "learningRate": 0.003, "compile": mode}))
+        storage = tmp_path / mode
+        events = _events(_start_unit(job, storage))
+        assert next(e for e in events if e["event"] == "start")["train"] == 3 * 419
+        results[mode] = json.loads((storage / "train" / "result.json").read_text())
+    eager, compiled = results["none"], results["default"]
+    assert eager["acceleration"] == {
+        "device": "cpu", "precision": "fp32", "channels_last": False, "fused_optimizer": False,
+        "compile": "none", "data_on_device": True, "sync_batchnorm": False}
+    assert compiled["acceleration"]["compile"] == "default"
+    assert compiled["acceleration"]["compile_seconds"] > 0
+    for key in ("train_loss", "val_loss"):
+        assert compiled["final_metrics"][key] == pytest.approx(eager["final_metrics"][key],
+                                                               rel=1e-3)

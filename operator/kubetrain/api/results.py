@@ -18,6 +18,7 @@ from .status import (
     BestTrial,
     FeatureAttribution,
     OverfittingFinding,
+    TrainingAcceleration,
     TrialCounts,
     TrialPoint,
     TuningSelection,
@@ -111,6 +112,7 @@ class TrainingResult(UnitResult):
     """Early stopping restored the best epoch's weights: the delivered model is that epoch's."""
     resumed_from_epoch: int | None = None
     samples_per_second: float | None = None
+    acceleration: TrainingAcceleration | None = None
     seconds_after_best: float | None = None
     overfitting: OverfittingFinding | None = None
     history: str | None = None

@@ -385,8 +385,14 @@ class TrainingSpec(ApiModel):
     """Label smoothing for classification."""
     early_stopping: EarlyStoppingSpec | None = None
     cross_validation: CrossValidationSpec | None = None
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Autocast precision on GPU; the CPU trains in fp32."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Autocast precision: auto (bf16 on a GPU that supports it, fp32 on older GPUs and on the
+    CPU), fp32, bf16 (GPUs with bfloat16: Ampere and later) or fp16 (GPUs, with a gradient
+    scaler). The precision used is in status.training.acceleration."""
+    compile: Literal["none", "default", "reduce-overhead"] = "none"
+    """torch.compile the model for training: default, or reduce-overhead (CUDA graphs too, for
+    small launch-bound models; GPUs only). Compiling takes seconds to minutes once per run
+    (reported as status.training.acceleration.compileSeconds); none trains eagerly."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     command: list[str] | None = Field(default=None, min_length=1)
@@ -411,9 +417,15 @@ class TrainingSpec(ApiModel):
             for i, arg in enumerate(self.command):
                 for problem in placeholder_problems(arg):
                     raise FieldProblem(f"command[{i}]", problem)
-        if self.precision == "fp16" and self.resources.gpus_per_node == 0:
+        if self.precision in ("fp16", "bf16") and self.resources.gpus_per_node == 0:
             raise FieldProblem(
-                "precision", "fp16 needs GPUs (`resources.gpusPerNode` > 0); use fp32 on the CPU"
+                "precision", f"{self.precision} needs GPUs (`resources.gpusPerNode` > 0); use "
+                "auto or fp32 on the CPU"
+            )
+        if self.compile == "reduce-overhead" and self.resources.gpus_per_node == 0:
+            raise FieldProblem(
+                "compile", "reduce-overhead captures CUDA graphs and needs GPUs "
+                "(`resources.gpusPerNode` > 0); use default or none on the CPU"
             )
         return self
 

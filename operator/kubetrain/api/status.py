@@ -223,6 +223,30 @@ class CrossValidationStatus(StatusModel):
     values: list[float]
 
 
+class TrainingAcceleration(StatusModel):
+    """How the built-in trainer computed (``workloads.acceleration``): what precision: auto
+    resolved to on the unit's device, and the speed-ups it took. None of these changes the
+    batch size, the learning rate or the optimizer of the spec."""
+
+    device: str = "cpu"
+    """cpu, or cuda (the GPU's name in gpuName)."""
+    gpu_name: str | None = None
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """The autocast precision used (training.precision: auto resolved)."""
+    channels_last: bool = False
+    fused_optimizer: bool = False
+    compile: Literal["none", "default", "reduce-overhead"] = "none"
+    compile_seconds: float | None = None
+    """With training.compile: seconds of the training steps that compiled (each new input
+    shape's first step: the compile time plus one step)."""
+    data_on_device: bool = True
+    """In-memory rows on the device, batches indexed there (no DataLoader); false when the
+    rows are streamed from disk (pinned memory, non-blocking copies on a GPU)."""
+    sync_batchnorm: bool = False
+    """DDP on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm). torch cannot
+    synchronize them on the CPU, where each process normalizes its own share."""
+
+
 class TrainingStatus(StatusModel):
     """The final training: epochs, latest and best metrics, checkpoint."""
 
@@ -238,6 +262,8 @@ class TrainingStatus(StatusModel):
     checkpoint: str | None = None
     resumed_from_epoch: int | None = None
     samples_per_second: float | None = None
+    acceleration: TrainingAcceleration | None = None
+    """How the final training computed: precision, channels_last, fused optimizer, compile."""
     cross_validation: CrossValidationStatus | None = None
 
 

@@ -95,14 +95,65 @@ def augment_images(
     # kornia draws from torch's global generator: seed it, and give the caller's state back.
     with torch.random.fork_rng(devices=fork_devices), torch.no_grad():
         torch.manual_seed(seed)
+        if device.type == "cuda":
+            _augment_on_gpu(pipeline, source, out, batch_size, device, on_batch)
+            return out
         done = 0
         while done < total:
             end = min(done + batch_size, total)
             rows = torch.arange(done, end) % n
-            batch = source[rows].to(device, non_blocking=True)
-            augmented = pipeline(batch).clamp_(0.0, 1.0)
-            out[done:end] = augmented.cpu().numpy()
+            augmented = pipeline(source[rows]).clamp_(0.0, 1.0)
+            out[done:end] = augmented.numpy()
             done = end
             if on_batch is not None:
                 on_batch(done, total)
     return out
+
+
+RESIDENT_SHARE = 0.25
+"""The source images stay on the GPU when they take at most this share of its free memory."""
+
+
+def _augment_on_gpu(pipeline: nn.Module, source: torch.Tensor, out: np.ndarray,
+                    batch_size: int, device: torch.device,
+                    on_batch: Callable[[int, int], None] | None) -> None:
+    """The batches of ``augment_images`` on a GPU, with the copies out of the way: the source
+    uploaded once (or, when it is too big, each batch through pinned memory), and each result
+    copied to one of two pinned buffers without waiting, so the host moves batch i into
+    ``out`` while the GPU transforms batch i + 1. The same transforms in the same order as
+    the CPU loop: the same random draws."""
+    n, total = source.shape[0], out.shape[0]
+    free, _ = torch.cuda.mem_get_info(device)
+    resident = source.numel() * source.element_size() <= free * RESIDENT_SHARE
+    images = source.to(device) if resident else source
+    staging = [torch.empty((batch_size, *source.shape[1:]), dtype=torch.float32,
+                           pin_memory=True) for _ in range(2)]
+    events = [torch.cuda.Event(), torch.cuda.Event()]
+    pending: list[tuple[int, int, int]] = []  # (buffer, begin, end), oldest first
+
+    def drain_one() -> None:
+        slot, begin, end = pending.pop(0)
+        events[slot].synchronize()
+        out[begin:end] = staging[slot][: end - begin].numpy()
+        if on_batch is not None:
+            on_batch(end, total)
+
+    done = 0
+    for i, begin in enumerate(range(0, total, batch_size)):
+        end = min(begin + batch_size, total)
+        if resident:
+            batch = images[torch.arange(begin, end, device=device) % n]
+        else:
+            batch = images[torch.arange(begin, end) % n].pin_memory().to(device,
+                                                                          non_blocking=True)
+        augmented = pipeline(batch).clamp_(0.0, 1.0)
+        slot = i % 2
+        if len(pending) == 2:
+            drain_one()  # the batch that used this buffer
+        staging[slot][: end - begin].copy_(augmented, non_blocking=True)
+        events[slot].record()
+        pending.append((slot, begin, end))
+        done = end
+    while pending:
+        drain_one()
+    assert done == total

@@ -322,7 +322,9 @@ def _non_finite_recommendations(spec: TrainingJobSpec) -> list[str]:
         f"lower training.learningRate (now {_fmt(lr)}) to {_fmt(lr / 10)} to avoid the "
         "non-finite loss"
     ]
-    if training.precision != "fp32":
+    # auto is fp32 on the CPU: only a GPU run may have trained in a reduced precision.
+    if training.precision in ("bf16", "fp16") or (
+            training.precision == "auto" and training.resources.gpus_per_node > 0):
         recs.append(f"set training.precision: fp32 (now {training.precision})")
     return recs
 

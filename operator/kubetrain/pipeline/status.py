@@ -117,6 +117,7 @@ def apply_training_result(status: TrainingJobStatus, result: TrainingResult) -> 
     training.checkpoint = result.checkpoint
     training.resumed_from_epoch = result.resumed_from_epoch
     training.samples_per_second = result.samples_per_second
+    training.acceleration = result.acceleration
     status.training = training
     status.best = best_summary(training)
     # A short run can finish between two observations: progress comes from the result too.

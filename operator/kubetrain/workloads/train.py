@@ -44,6 +44,7 @@ from ..tracking.naming import flat_params, plan_unit_name, unit_run
 from ..tracking.records import training_record
 from ..usage import USAGE_FILE
 from . import checkpoint as ckpt
+from .acceleration import AccelerationError
 from .args import add_common_arguments, add_remediation_argument
 from .distributed import DistContext, init_distributed, shutdown
 from .trainer import (
@@ -280,6 +281,7 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
         "resumed_from_epoch": fit.resumed_from_epoch,
         "restored_best": fit.restored_best,
         "samples_per_second": round(fit.samples_per_second, 1),
+        "acceleration": acceleration_report(trainer, fit.compile_seconds),
         "streamed": isinstance(train, StreamingSplit),
         "world_size": ctx.world_size,
         "device": ctx.device.type,
@@ -316,6 +318,17 @@ def _train(spec: TrainingJobSpec, args: argparse.Namespace, ctx: DistContext, un
     return summary
 
 
+def acceleration_report(trainer: Trainer, compile_seconds: float | None) -> dict[str, Any]:
+    """The result's ``acceleration``: how the trainer computed on its device."""
+    device = trainer.ctx.device
+    report: dict[str, Any] = {"device": device.type, **trainer.accel.report()}
+    if device.type == "cuda":
+        report["gpu_name"] = torch.cuda.get_device_name(device)
+    if compile_seconds is not None:
+        report["compile_seconds"] = round(compile_seconds, 3)
+    return report
+
+
 def finish_tracking(tracker: UnitTracker, spec: TrainingJobSpec, summary: dict[str, Any],
                     history: list[dict[str, float]], unit_dir: Path) -> None:
     """The unit's final metrics, findings, cost and files to its tracking runs."""
@@ -343,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(args)
     except (DatasetError, ModelError) as error:
         return refuse(result_path(args), [f"spec.{error}"])
-    except SpecProblem as error:
+    except (SpecProblem, AccelerationError) as error:
         return refuse(result_path(args), [str(error)])
     # A terminated run saved its checkpoint; a non-zero code tells the executor it is not done.
     return 143 if summary["status"] == "terminated" else 0

@@ -28,6 +28,13 @@ from ..augment.mix import BatchMixer, batch_mixer
 from ..findings.overfitting import should_stop_for_overfitting
 from ..report import Reporter
 from . import checkpoint as ckpt
+from .acceleration import (
+    Acceleration,
+    CompiledForward,
+    DeviceCaps,
+    check_batch_split,
+    choose_acceleration,
+)
 from .distributed import DistContext, all_reduce_sum
 
 OVERFITTING_STOP = "overfitting detected (findings.overfitting.action: stop)"
@@ -134,8 +141,10 @@ class StreamingSplit:
             _Rows(self.rows, self.y, self.mean, self.std), batch_sampler=sampler,
             num_workers=self.workers, worker_init_fn=_worker_start, pin_memory=cuda,
             prefetch_factor=2 if self.workers else None)
+        layout = torch.channels_last if cuda and self.rows.ndim == 4 else torch.preserve_format
         for xb, yb in loader:
-            yield xb.to(self.device, non_blocking=cuda), yb.to(self.device, non_blocking=cuda)
+            yield (xb.to(self.device, non_blocking=cuda, memory_format=layout),
+                   yb.to(self.device, non_blocking=cuda))
 
 
 Split = TensorSplit | StreamingSplit
@@ -153,6 +162,8 @@ class FitResult:
     samples_per_second: float
     train_seconds: float
     epoch_seconds: list[float] = field(default_factory=list)
+    compile_seconds: float | None = None
+    """With training.compile: the steps that compiled (compile time plus one step each)."""
 
 
 def improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
@@ -232,16 +243,32 @@ class Trainer:
         self.val = val
         self.model = model.to(ctx.device)
         self.use_cuda = ctx.device.type == "cuda"
-        if self.use_cuda and train.ndim == 4:
+        self.accel: Acceleration = choose_acceleration(
+            DeviceCaps.of(ctx.device), self.cfg.precision, self.cfg.compile,
+            image_input=train.ndim == 4, streamed=isinstance(train, StreamingSplit),
+            world_size=ctx.world_size)
+        check_batch_split(self.cfg.batch_size, ctx.world_size)
+        if self.accel.sync_batchnorm and self._has_batchnorm():
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        if self.accel.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.ddp: nn.Module = (
             DistributedDataParallel(
                 self.model, device_ids=[ctx.local_rank] if self.use_cuda else None)
             if ctx.distributed else self.model
         )
+        self.compiled: CompiledForward | None = (
+            CompiledForward(self.ddp, self.accel.compile, ctx.device)
+            if self.accel.compile != "none" else None)
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = self.compiled or self.ddp
         self.criterion: nn.Module = (
             nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
             if task == "classification" else nn.MSELoss()
+        )
+        # The same loss per example, for the steps whose share of the global batch is uneven.
+        self.per_example: nn.Module = (
+            nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing, reduction="none")
+            if task == "classification" else nn.MSELoss(reduction="none")
         )
         image_aug = spec.augmentation.image
         # mixup / CutMix at training time; None (the plain loss below) when they are off.
@@ -251,11 +278,14 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.local_batch = max(1, self.cfg.batch_size // ctx.world_size)
         self.per_rank = math.ceil(len(train) / ctx.world_size)
+        # Rows of this rank's share that are real; the rest (at most one) pads ranks to equal
+        # length and weighs nothing (see _loss).
+        self.real_rows = (len(train) - ctx.rank + ctx.world_size - 1) // ctx.world_size
         self.steps_per_epoch = math.ceil(self.per_rank / self.local_batch)
         self.step = 0
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.precision)
+        self.amp_dtype = self.accel.autocast_dtype
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_cuda
-                                           and self.cfg.precision == "fp16")
+                                           and self.accel.precision == "fp16")
         self.monitor = monitored_metric(spec)
         self.mode = "max" if is_maximized(self.monitor) else "min"
 
@@ -274,10 +304,13 @@ class Trainer:
             # Without decay the split changes nothing but costs a second group in every step
             # (about 5% of the step of a small MLP on the CPU): one group, the same updates.
             groups = [{"params": decay + no_decay, "weight_decay": 0.0}]
+        # fused: one kernel for the whole update on a GPU (None keeps torch's CPU default).
+        fused = True if self.accel.fused_optimizer else None
         if self.cfg.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=self.cfg.learning_rate,
-                                   momentum=self.cfg.momentum, nesterov=self.cfg.momentum > 0)
-        return torch.optim.AdamW(groups, lr=self.cfg.learning_rate)
+                                   momentum=self.cfg.momentum, nesterov=self.cfg.momentum > 0,
+                                   fused=fused)
+        return torch.optim.AdamW(groups, lr=self.cfg.learning_rate, fused=fused)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.use_cuda and self.amp_dtype is not None:
@@ -298,6 +331,45 @@ class Trainer:
             perm = torch.cat([perm, perm[: total - len(perm)]])
         return perm[self.ctx.rank :: self.ctx.world_size].to(self.ctx.device)
 
+    def _step_weights(self, step: int, size: int) -> tuple[int, int]:
+        """(real rows in this rank's batch, real rows in the global batch) of an epoch's step.
+
+        Global step k is the permutation's rows [kB, (k+1)B) (B the spec's batch), rank r
+        taking every world_size-th of them; the last step may be short and unevenly shared,
+        and the padding rows at the end of a rank's share are not real. Streamed rows come in
+        each rank's read order, so there every row counts as real (their batches differ from
+        one process's anyway).
+        """
+        world = self.ctx.world_size
+        if world == 1 or isinstance(self.train, StreamingSplit):
+            return size, size * world
+        real = min(max(self.real_rows - step * self.local_batch, 0), size)
+        step_rows = self.local_batch * world
+        return real, min(len(self.train) - step * step_rows, step_rows)
+
+    def _loss(self, xb: torch.Tensor, yb: torch.Tensor, real: int,
+              step_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to back-propagate, the sum of the real rows' losses).
+
+        DDP averages the ranks' gradients: for a step that every rank shares evenly, the mean
+        loss over the rank's batch gives the mean over the global batch. Otherwise each rank
+        back-propagates its real rows' loss sum times world_size / (real rows of the step), so
+        the average is again the global batch's mean loss, as one process computes it.
+        """
+        with self._autocast():
+            if real == len(yb) and step_rows == real * self.ctx.world_size:
+                if self.mixer is None:
+                    loss = self.criterion(self.forward(xb), yb)
+                else:
+                    loss = self.mixer.loss(self.criterion, self.forward, xb, yb)
+                return loss, loss.detach().float() * len(yb)
+            if self.mixer is None:
+                losses = self.per_example(self.forward(xb), yb)
+            else:
+                losses = self.mixer.loss(self.per_example, self.forward, xb, yb)
+            real_sum = losses.float().reshape(len(yb), -1).mean(1)[:real].sum()
+            return real_sum * (self.ctx.world_size / step_rows), real_sum.detach()
+
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         """One pass over this rank's shard; returns (mean train loss over all ranks, seconds)."""
         self.ddp.train()
@@ -305,23 +377,26 @@ class Trainer:
         if self.mixer is not None:
             self.mixer.start_epoch(epoch, self.ctx.rank)
         loss_sum = torch.zeros((), device=self.ctx.device)
+        real_rows = 0
         start = time.perf_counter()
-        for xb, yb in self.train.batches(indices, self.local_batch):
+        for step, (xb, yb) in enumerate(self.train.batches(indices, self.local_batch)):
             if self.task == "classification" and len(yb) == 1 and self._has_batchnorm():
                 continue  # BatchNorm cannot train on one example
             self._set_lr()
-            with self._autocast():
-                if self.mixer is None:
-                    loss = self.criterion(self.ddp(xb), yb)
-                else:
-                    loss = self.mixer.loss(self.criterion, self.ddp, xb, yb)
+            if self.compiled is not None:
+                self.compiled.begin_step(xb)
+            real, step_rows = self._step_weights(step, len(yb))
+            loss, batch_sum = self._loss(xb, yb, real, step_rows)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            loss_sum += loss.detach().float() * len(yb)
+            loss_sum += batch_sum
+            real_rows += real
+            if self.compiled is not None:
+                self.compiled.end_step()
             self.step += 1
-        totals = torch.stack([loss_sum, torch.tensor(float(len(indices)), device=self.ctx.device)])
+        totals = torch.stack([loss_sum, torch.tensor(float(real_rows), device=self.ctx.device)])
         all_reduce_sum(totals, self.ctx)
         if self.use_cuda:
             torch.cuda.synchronize()
@@ -485,4 +560,5 @@ class Trainer:
             samples_per_second=train_samples / train_seconds if train_seconds else 0.0,
             train_seconds=train_seconds,
             epoch_seconds=[h["seconds"] for h in history],
+            compile_seconds=self.compiled.seconds if self.compiled is not None else None,
         )

@@ -45,6 +45,7 @@ from ..tuning.study import (
 )
 from ..usage import USAGE_FILE
 from . import script, train
+from .acceleration import AccelerationError
 from .args import add_common_arguments
 
 RESULT_FILE = "trial.json"
@@ -222,10 +223,11 @@ def run_trial(spec: TrainingJobSpec, args: argparse.Namespace, study: optuna.Stu
             state, code = TrialState.COMPLETE, 0  # once its objectives are known (below)
     except Terminated:
         error, code = "terminated", 143
-    except (DatasetError, train.SpecProblem) as exc:
-        # The data refuses the spec whatever the trial's parameters: the job is Invalid.
-        # (A model that does not fit is a failed trial: the parameters may be the cause.)
-        problems = [str(exc) if isinstance(exc, train.SpecProblem) else f"spec.{exc}"]
+    except (DatasetError, train.SpecProblem, AccelerationError) as exc:
+        # The data (or the device) refuses the spec whatever the trial's parameters: the job
+        # is Invalid. (A model that does not fit is a failed trial: the parameters may be the
+        # cause.)
+        problems = [f"spec.{exc}" if isinstance(exc, DatasetError) else str(exc)]
         error, code = problems[0], SPEC_PROBLEM_EXIT
     except Exception as exc:
         traceback.print_exc()
