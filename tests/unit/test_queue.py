@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from kubetrain.api.resource import ManifestError, TrainingJob, parse_training_job
 from kubetrain.api.status import Phase, TrainingJobStatus
+from kubetrain.client.events import describe
 from kubetrain.controller.admission import Admissions, entry_of
 from kubetrain.controller.queue import Entry, Limits, decide
 from kubetrain.controller.settings import OperatorConfig, parse_config
@@ -113,6 +114,9 @@ def test_a_job_over_the_limit_waits_with_its_place_then_starts() -> None:
     assert (queued.status, queued.reason) == ("True", "Queued")
     assert "1 of 1 jobs run cluster-wide" in queued.message
     assert [e.reason for e in events] == ["Queued"]
+    assert describe("second", job.status).splitlines()[:2] == [
+        "TrainingJob second: Queued",
+        "  queued: position 1 in the queue: 1 of 1 jobs run cluster-wide"]
     # Still waiting: same place, no second event.
     wait, events = admissions.admit(job, {**second, "status": {"phase": "Queued"}}, [running],
                                     CONFIG, NOW)
