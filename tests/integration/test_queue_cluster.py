@@ -104,6 +104,11 @@ def test_jobs_over_the_limit_wait_their_turn(namespace: str, queued_operator: No
     starts = {n: _time(final[n]["startTime"]) for n in names}
     assert max(starts["q-d"], starts["q-c"]) <= starts[URGENT] <= starts["q-b"] <= starts["q-a"]
     assert starts[URGENT] >= min(_time(final[n]["completionTime"]) for n in ("q-d", "q-c"))
+    first = min(starts.values())
+    print(f"queue: {len(snapshots)} snapshots; start, end (s after the first start): "
+          + ", ".join(f"{n} {s - first:.0f}-{e - first:.0f}"
+                      for n, (s, e) in sorted(zip(names, spans, strict=True),
+                                              key=lambda i: i[1])))
     events = kubectl("get", "events", "-n", namespace, "--field-selector",
                      "involvedObject.name=q-a", "-o", "json").stdout
     reasons = {e["reason"] for e in json.loads(events)["items"]}
