@@ -155,6 +155,10 @@ def _cleanup(namespace: str, operator: subprocess.Popen[bytes]) -> None:
 
 
 def run(jobs: int, limit: int, timer: float, namespace: str, timeout: float) -> Summary:
+    # This checkout's CRD (phase Queued, status.queue): another one refuses the queue's status.
+    kubectl("apply", "-f", str(REPO / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s",
+            "crd/trainingjobs.kubetrain.io")
     _prepare(namespace)
     env = {**os.environ, "PYTHONPATH": str(REPO / "operator"),
            "KUBETRAIN_WORKER_IMAGE": f"kubetrain-worker:{_version()}",

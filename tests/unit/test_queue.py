@@ -196,3 +196,15 @@ def test_limits_from_the_environment() -> None:
                                        "KUBETRAIN_MAX_RUNNING_JOBS_PER_NAMESPACE": "2"})
     assert config.queue_limits() == Limits(cluster=4, namespace=2)
     assert not parse_config({}, environ={}).queue_limits().enabled
+
+
+def test_a_freed_place_wakes_the_next_in_line() -> None:
+    admissions = Admissions()
+    limits = Limits(cluster=2)
+    leaving, staying = entry("leaving", 0, running=True), entry("staying", 1, running=True)
+    waiting = [entry("next", 2), entry("after", 3), entry("urgent", 9, priority=1)]
+    woken = admissions.next_up("uid-leaving", [leaving, staying, *waiting], limits)
+    assert [e.name for e in woken] == ["urgent"]
+    assert admissions.next_up("uid-leaving", [leaving, *waiting], limits) == \
+        [waiting[2], waiting[0]]
+    assert admissions.next_up("uid-leaving", [leaving, *waiting], Limits()) == []

@@ -11,6 +11,7 @@ place. A job with Kueue's queue label is left to Kueue: it neither waits nor cou
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -18,18 +19,24 @@ from datetime import datetime
 from typing import Any
 
 import kopf
+from kubernetes.client.rest import ApiException
 
 from ..api.resource import GROUP, PLURAL, VERSION, TrainingJob
 from ..api.status import Phase, QueueStatus, Reason, TrainingJobStatus
 from ..pipeline import status as st
 from ..pipeline.actions import Event
+from . import kube
 from .builders import LABEL_QUEUE
 from .queue import Entry, Limits, QueueDecision, decide, waiting_message
 from .settings import OperatorConfig, current_config
 from .validate import semantic_problems
 
+LOG = logging.getLogger(__name__)
 INDEX = "queue_jobs"
 """The index's name: the keyword under which kopf hands it to the handlers."""
+TURN = f"{GROUP}/queue-turn"
+"""Annotation set on a waiting job when a place frees for it: its reconcile runs at once
+(an update handler watches it) instead of on its next timer tick."""
 
 
 def kueue_managed(body: Mapping[str, Any]) -> bool:
@@ -133,6 +140,30 @@ class Admissions:
             else []
         enter_queue(status, waiting.position, message, at)
         return True, events
+
+    def next_up(self, leaving: str, indexed: Iterable[Entry],
+                limits: Limits) -> list[Entry]:
+        """The waiting jobs that may start now that ``leaving`` gave up its place."""
+        if not limits.enabled:
+            return []
+        entries = {e.uid: e for e in indexed if e.uid != leaving}
+        with self._lock:
+            for uid in self._admitted & entries.keys():
+                entries[uid] = replace(entries[uid], running=True)
+        return [entries[uid] for uid in decide(entries.values(), limits).admit]
+
+    def hand_over(self, leaving: str, index: Any, config: OperatorConfig, at: str) -> None:
+        """A job left the pool: wake the jobs that take its place (a patch of TURN each)."""
+        indexed: Iterable[Entry] = index.get(None, ()) if index is not None else ()
+        for entry in self.next_up(leaving, indexed, config.queue_limits()):
+            try:
+                kube.custom().patch_namespaced_custom_object(
+                    GROUP, VERSION, entry.namespace, PLURAL, entry.name,
+                    {"metadata": {"annotations": {TURN: at}}})
+            except ApiException as error:  # its timer still admits it, only later
+                if error.status != 404:
+                    LOG.warning("could not wake %s/%s in the queue: %s %s", entry.namespace,
+                                entry.name, error.status, error.reason)
 
     def hold(self, job: TrainingJob, body: kopf.Body, index: Any, config: OperatorConfig,
              now: datetime) -> bool:

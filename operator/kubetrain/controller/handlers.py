@@ -223,6 +223,8 @@ def _parse(document: dict[str, Any], namespace: str, name: str,
 @kopf.on.create(GROUP, VERSION, PLURAL, retries=5, backoff=5, timeout=120)
 @kopf.on.resume(GROUP, VERSION, PLURAL, retries=5, backoff=5, timeout=120)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", retries=5, backoff=5, timeout=120)
+@kopf.on.update(GROUP, VERSION, PLURAL, id="queue-turn", retries=5, backoff=5, timeout=120,
+                field=("metadata", "annotations", admission.TURN))
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS,
             idle=None, when=_is_active,
             retries=3, backoff=5, timeout=120)
@@ -279,6 +281,10 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str,
         observed = observe(namespace, name, _reporting_units(job.status))
         decision = reconcile(job, observed, config.worker_settings(), now)
         _apply(decision, body, namespace, name)
+        if before is not None and before.phase == Phase.RUNNING and \
+                decision.status.phase != Phase.RUNNING:  # finished or suspended: a place frees
+            admission.ADMISSIONS.hand_over(job.metadata.uid or "", queue_index, config,
+                                           st.timestamp(now))
     except ApiException as error:
         metrics.RECONCILE_ERRORS.labels(reason="ApiError").inc()
         status = job.status or TrainingJobStatus()
