@@ -208,3 +208,16 @@ def test_a_freed_place_wakes_the_next_in_line() -> None:
     assert admissions.next_up("uid-leaving", [leaving, *waiting], limits) == \
         [waiting[2], waiting[0]]
     assert admissions.next_up("uid-leaving", [leaving, *waiting], Limits()) == []
+
+
+def test_the_woken_job_starts_before_the_watch_shows_the_place_free() -> None:
+    admissions = Admissions()
+    first = body("first", phase="Running")
+    second = body("second", minute=1)
+    indexed = [e for e in (entry_of(first), entry_of(second)) if e is not None]
+    job = job_of(second)
+    assert admissions.admit(job, second, indexed, CONFIG, NOW)[0]  # the place is taken
+    # The first one's reconcile saw it finish; its Succeeded status is not in the index yet.
+    assert [e.name for e in admissions.next_up("uid-first", indexed, CONFIG.queue_limits())] \
+        == ["second"]
+    assert not admissions.admit(job, second, indexed, CONFIG, NOW)[0]

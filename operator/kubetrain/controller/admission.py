@@ -97,14 +97,26 @@ class Admissions:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._admitted: set[str] = set()
+        self._left: set[str] = set()
+        """Jobs whose reconcile saw them leave the pool before the watch shows it: the jobs
+        woken for their places must not find them still running."""
+
+    def _snapshot(self, indexed: Iterable[Entry]) -> dict[str, Entry]:
+        """The index with what this process knows sooner (call with the lock held)."""
+        entries = {e.uid: e for e in indexed}
+        self._left &= entries.keys()  # gone from the index: the watch caught up
+        for uid in self._left:
+            del entries[uid]
+        # The watch caught up (Running), or the job left (finished, suspended, deleted).
+        self._admitted = {uid for uid in self._admitted
+                          if uid in entries and not entries[uid].running}
+        return entries
 
     def decide(self, me: Entry, indexed: Iterable[Entry], limits: Limits) -> QueueDecision:
         """Admit ``me`` if the queue lets it start now (then it counts as running at once)."""
         with self._lock:
-            entries = {e.uid: e for e in indexed}
-            # The watch caught up (Running), or the job left (finished, suspended, deleted).
-            self._admitted = {uid for uid in self._admitted
-                              if uid in entries and not entries[uid].running}
+            entries = self._snapshot(indexed)
+            self._left.discard(me.uid)
             entries[me.uid] = me
             if me.uid in self._admitted:
                 decision = QueueDecision(admit=[me.uid])
@@ -146,9 +158,10 @@ class Admissions:
         """The waiting jobs that may start now that ``leaving`` gave up its place."""
         if not limits.enabled:
             return []
-        entries = {e.uid: e for e in indexed if e.uid != leaving}
         with self._lock:
-            for uid in self._admitted & entries.keys():
+            self._left.add(leaving)
+            entries = self._snapshot(indexed)
+            for uid in self._admitted:
                 entries[uid] = replace(entries[uid], running=True)
         return [entries[uid] for uid in decide(entries.values(), limits).admit]
 
