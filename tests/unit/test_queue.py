@@ -6,11 +6,12 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+import kopf
 import pytest
-from kubetrain.api.resource import ManifestError, TrainingJob, parse_training_job
+from kubetrain.api.resource import GROUP, ManifestError, TrainingJob, parse_training_job
 from kubetrain.api.status import Phase, TrainingJobStatus
 from kubetrain.client.events import describe
-from kubetrain.controller.admission import Admissions, entry_of
+from kubetrain.controller.admission import TURN, Admissions, entry_of
 from kubetrain.controller.queue import Entry, Limits, decide
 from kubetrain.controller.settings import OperatorConfig, parse_config
 
@@ -221,3 +222,15 @@ def test_the_woken_job_starts_before_the_watch_shows_the_place_free() -> None:
     assert [e.name for e in admissions.next_up("uid-first", indexed, CONFIG.queue_limits())] \
         == ["second"]
     assert not admissions.admit(job, second, indexed, CONFIG, NOW)[0]
+
+
+def test_kopf_sees_the_turn_annotation_change() -> None:
+    # kopf leaves the annotations under its storage prefix (kubetrain.io/, marked by
+    # kubetrain.io/kopf-managed) out of the essence whose changes update handlers see.
+    annotations = {f"{GROUP}/kopf-managed": "yes", TURN: "2026-01-01T12:00:00Z"}
+    body = kopf.Body({"metadata": {"name": "j", "annotations": annotations}, "spec": {}})
+    storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
+    kept = storage.build(body=body)["metadata"]["annotations"]
+    assert kept == {TURN: "2026-01-01T12:00:00Z"}
+    assert storage.build(body=kopf.Body({**body, "metadata": {"annotations": {
+        f"{GROUP}/kopf-managed": "yes", f"{GROUP}/queue-turn": "x"}}})).get("metadata") is None
