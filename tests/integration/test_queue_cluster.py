@@ -5,7 +5,7 @@ one after another (distinct creation seconds), then one with a higher priority a
 suspended. Never more than two run (seen in every status snapshot, in the jobs' start and
 completion times, and in their training pods' lives), the waiting ones show their places, the
 urgent one starts before the older ones, the rest in creation order, all succeed, and the
-suspended one takes no place. 50–70 s on the 2-core test machine.
+suspended one takes no place. 50 to 70 s on the 2-core test machine.
 """
 
 from __future__ import annotations
