@@ -112,6 +112,12 @@ def test_config_map_is_what_the_operator_reads() -> None:
     assert config.worker_settings().image_pull_secrets == ("regcred", "b")
 
 
+def test_queue_limits_reach_the_operator() -> None:
+    assert not _config(render()).queue_limits().enabled  # the default: no queue
+    config = _config(render("config.maxRunningJobs=4", "config.maxRunningJobsPerNamespace=2"))
+    assert (config.max_running_jobs, config.max_running_jobs_per_namespace) == (4, 2)
+
+
 def test_namespaced_rbac_has_no_cluster_rights() -> None:
     docs = render("rbac.scope=namespaced", "watchNamespaces={ml,research}")
     assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
@@ -156,6 +162,7 @@ def test_service_monitor_is_optional() -> None:
     ("rbac.scope=everywhere", "/rbac/scope"),
     ("imagePullPolicy=Never", "additional properties 'imagePullPolicy' not allowed"),
     ("config.prices.currency=dollars", "/config/prices/currency"),
+    ("config.maxRunningJobs=-1", "/config/maxRunningJobs"),
 ])
 def test_schema_refuses_bad_values(value: str, message: str) -> None:
     result = helm("template", "kubetrain", str(CHART), "--set", value, check=False)

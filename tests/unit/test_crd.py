@@ -198,7 +198,8 @@ def test_defaults_validate_against_their_own_schema(root: dict[str, Any]) -> Non
         ("spec.model.builtin", ["mlp", "cnn", "resnet"]),
         ("spec.tuning.sampler", ["grid", "random", "tpe", "cmaes", "gp", "nsga2"]),
         ("spec.tuning.searchSpace.*.type", ["float", "int", "categorical"]),
-        ("status.phase", ["Pending", "Running", "Succeeded", "Failed", "Suspended"]),
+        ("status.phase", ["Pending", "Running", "Succeeded", "Failed", "Suspended",
+                          "Queued"]),
         ("status.findings.overfitting.verdict", ["none", "suspected", "overfitting"]),
     ],
 )

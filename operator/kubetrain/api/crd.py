@@ -33,11 +33,11 @@ _HANDLED = {"title", "description", "type", "default", "properties", "required",
 
 PRINTER_COLUMNS: list[dict[str, str]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
-     "description": "Pending, Running, Succeeded, Failed or Suspended."},
+     "description": "Pending, Queued, Running, Succeeded, Failed or Suspended."},
     {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage",
      "description": "The stage running now."},
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress",
-     "description": "Progress of the current stage: epoch 12/30, 7/16 trials."},
+     "description": "Progress of the current stage: epoch 12/30, 7/16 trials; queue position 3."},
     {"name": "Best", "type": "string", "jsonPath": ".status.best",
      "description": "The best validation result so far."},
     {"name": "Overfit", "type": "string", "jsonPath": ".status.findings.overfitting.verdict",

@@ -769,7 +769,11 @@ class RunPolicySpec(ApiModel):
     suspend: bool = False
     """Remove running pods; resuming continues from the checkpoint."""
     queue_name: str | None = Field(default=None, pattern=OBJECT_NAME_PATTERN)
-    """Kueue LocalQueue; set as the kueue.x-k8s.io/queue-name label."""
+    """Kueue LocalQueue; set as the kueue.x-k8s.io/queue-name label. A job with it (or with
+    that label itself) is left to Kueue: the operator's own queue neither holds nor counts it."""
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    """Place in the operator's queue (when it limits running jobs): higher starts first; equal
+    priorities start in creation order."""
 
 
 class StorageSpec(ApiModel):

@@ -18,6 +18,8 @@ class Phase(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    QUEUED = "Queued"
+    """Waiting for a place: the operator's limit of jobs running at once is reached."""
 
     @property
     def terminal(self) -> bool:
@@ -61,6 +63,8 @@ class Reason(StrEnum):
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
+    QUEUED = "Queued"
+    ADMITTED = "Admitted"
     RECONCILE_ERROR = "ReconcileError"
     TRACKING_UNAVAILABLE = "TrackingUnavailable"
 
@@ -422,11 +426,20 @@ class Findings(StatusModel):
     utilization: UtilizationFinding | None = None
 
 
+class QueueStatus(StatusModel):
+    """The job's place in the operator's queue while it waits (phase Queued)."""
+
+    position: int
+    """1: the next to start (among the jobs the operator watches)."""
+
+
 class TrainingJobStatus(StatusModel):
     """What the job did, found and cost; written by the operator (or the local executor)."""
 
     phase: Phase = Phase.PENDING
-    """Pending, Running, Succeeded, Failed or Suspended."""
+    """Pending, Queued, Running, Succeeded, Failed or Suspended."""
+    queue: QueueStatus | None = None
+    """While phase is Queued: the job's place in the operator's queue."""
     current_stage: str | None = None
     """The stage running now (augmentation, tuning, training, explanation); unset when done."""
     progress: str | None = None
@@ -441,7 +454,8 @@ class TrainingJobStatus(StatusModel):
     start_time: str | None = None
     completion_time: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
-    """Running, Succeeded, Failed, Suspended, <Stage>Complete, OverfittingDetected, ..."""
+    """Running, Succeeded, Failed, Suspended, Queued, <Stage>Complete, OverfittingDetected,
+    ..."""
     stages: dict[str, StageStatus] = Field(default_factory=dict)
     """Stage name (augmentation, tuning, training, explanation) → its status."""
     augmentation: AugmentationStatus | None = None

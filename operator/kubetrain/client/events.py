@@ -82,6 +82,10 @@ def describe(name: str, status: TrainingJobStatus) -> str:
                   None)
     if failed:
         lines.append(f"  reason: {failed.reason}: {failed.message}")
+    queued = next((c for c in status.conditions if c.type == "Queued" and c.status == "True"),
+                  None)
+    if queued and status.phase == "Queued":
+        lines.append(f"  queued: {queued.message}")
     if status.stages:
         lines.append("stages:")
         for stage_name, stage in status.stages.items():

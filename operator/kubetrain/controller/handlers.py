@@ -23,8 +23,8 @@ from ..api.resource import GROUP, PLURAL, VERSION, ManifestError, parse_training
 from ..api.status import Phase, Reason, StagePhase, TrainingJobStatus
 from ..pipeline import status as st
 from ..report import parse_event
+from . import admission, kube, metrics
 from . import builders as b
-from . import kube, metrics
 from .observe import Observed, pod_view
 from .reconcile import Decision, reconcile
 from .settings import OperatorConfig, current_config, resolve_prices
@@ -223,16 +223,18 @@ def _parse(document: dict[str, Any], namespace: str, name: str,
 @kopf.on.create(GROUP, VERSION, PLURAL, retries=5, backoff=5, timeout=120)
 @kopf.on.resume(GROUP, VERSION, PLURAL, retries=5, backoff=5, timeout=120)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", retries=5, backoff=5, timeout=120)
+@kopf.on.update(GROUP, VERSION, PLURAL, id="queue-turn", retries=5, backoff=5, timeout=120,
+                field=("metadata", "annotations", admission.TURN))
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS,
             idle=None, when=_is_active,
             retries=3, backoff=5, timeout=120)
 def reconcile_handler(body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str,
-                      **_: Any) -> None:
+                      **kwargs: Any) -> None:
     """The single reconcile of a TrainingJob; the decision itself is pure (reconcile.py)."""
     started = time.perf_counter()
     metrics.RECONCILES.inc()
     try:
-        _reconcile(body, patch, namespace or "default", name)
+        _reconcile(body, patch, namespace or "default", name, kwargs.get(admission.INDEX))
     except kopf.TemporaryError:
         raise  # counted where it was raised
     except Exception:
@@ -242,7 +244,8 @@ def reconcile_handler(body: kopf.Body, patch: kopf.Patch, namespace: str | None,
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
 
-def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str) -> None:
+def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str,
+               queue_index: Any = None) -> None:
     document = {**dict(body), "metadata": {**dict(body.metadata), "namespace": namespace}}
     document.pop("status", None)
     now = datetime.now(UTC)
@@ -268,10 +271,20 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str) ->
     if raw_status:
         job.status = TrainingJobStatus.model_validate(raw_status)
     before = job.status.model_copy(deep=True) if job.status is not None else None
+    if admission.ADMISSIONS.hold(job, body, queue_index, config, now):
+        assert job.status is not None  # the queue wrote the job's place there
+        changed = status_patch_if_changed(before, job.status)
+        if changed is not None:
+            patch.status.update(changed)
+        return
     try:
         observed = observe(namespace, name, _reporting_units(job.status))
         decision = reconcile(job, observed, config.worker_settings(), now)
         _apply(decision, body, namespace, name)
+        if before is not None and before.phase == Phase.RUNNING and \
+                decision.status.phase != Phase.RUNNING:  # finished or suspended: a place frees
+            admission.ADMISSIONS.hand_over(job.metadata.uid or "", queue_index, config,
+                                           st.timestamp(now))
     except ApiException as error:
         metrics.RECONCILE_ERRORS.labels(reason="ApiError").inc()
         status = job.status or TrainingJobStatus()

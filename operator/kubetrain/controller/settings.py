@@ -8,10 +8,13 @@
     prices: {cpuHour: 0.0316, memoryGiBHour: 0.0042, gpuHour: 2.93, currency: USD}
     metricsPort: 9090                     # Prometheus /metrics; 0 turns it off
     timerSeconds: 5                       # how often running jobs are observed
+    maxRunningJobs: 0                     # jobs running at once, cluster-wide; 0: no limit
+    maxRunningJobsPerNamespace: 0         # jobs running at once in one namespace; 0: no limit
 
 Environment variables override the file (KUBETRAIN_WORKER_IMAGE, KUBETRAIN_IMAGE_PULL_POLICY,
 KUBETRAIN_DEFAULT_PVC, KUBETRAIN_NAMESPACES (comma separated), KUBETRAIN_METRICS_PORT,
-KUBETRAIN_TIMER_SECONDS, KUBETRAIN_DEV_SOURCE), so the operator also runs without a file.
+KUBETRAIN_TIMER_SECONDS, KUBETRAIN_MAX_RUNNING_JOBS, KUBETRAIN_MAX_RUNNING_JOBS_PER_NAMESPACE,
+KUBETRAIN_DEV_SOURCE), so the operator also runs without a file.
 
 Prices of a job, most specific first: the fields its spec sets in findings.cost.prices, then its
 findings.cost.priceConfigMap, then this file's table, then the built-in defaults.
@@ -32,6 +35,7 @@ from ..api.base import ApiModel
 from ..api.resource import ManifestError, format_validation_error
 from ..api.spec import PricesSpec
 from .builders import WorkerSettings
+from .queue import Limits
 
 CONFIG_ENV = "KUBETRAIN_CONFIG"
 _ENV = {
@@ -41,6 +45,8 @@ _ENV = {
     "KUBETRAIN_NAMESPACES": "namespaces",
     "KUBETRAIN_METRICS_PORT": "metricsPort",
     "KUBETRAIN_TIMER_SECONDS": "timerSeconds",
+    "KUBETRAIN_MAX_RUNNING_JOBS": "maxRunningJobs",
+    "KUBETRAIN_MAX_RUNNING_JOBS_PER_NAMESPACE": "maxRunningJobsPerNamespace",
     "KUBETRAIN_DEV_SOURCE": "devSource",
 }
 
@@ -64,8 +70,17 @@ class OperatorConfig(ApiModel):
     """Port of the Prometheus /metrics endpoint; 0 turns it off."""
     timer_seconds: float = Field(default=5.0, gt=0, le=3600)
     """Seconds between observations of a running job."""
+    max_running_jobs: int = Field(default=0, ge=0)
+    """TrainingJobs running at once, cluster-wide (the watched namespaces); the others wait in
+    phase Queued. 0: no limit."""
+    max_running_jobs_per_namespace: int = Field(default=0, ge=0)
+    """TrainingJobs running at once in one namespace. 0: no limit."""
     dev_source: str | None = None
     """Development only: host folder with the package, mounted into worker pods."""
+
+    def queue_limits(self) -> Limits:
+        return Limits(cluster=self.max_running_jobs,
+                      namespace=self.max_running_jobs_per_namespace)
 
     def worker_settings(self) -> WorkerSettings:
         return WorkerSettings(worker_image=self.worker_image,
