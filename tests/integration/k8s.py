@@ -194,14 +194,20 @@ def operator_env(namespace: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def start_operator(namespace: str) -> subprocess.Popen[bytes]:
-    """The operator as its own process (`kubetrain operator`), for tests that kill it."""
+def start_operator(namespace: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """The operator as its own process (`kubetrain operator`), for tests that kill it; its
+    output appended to ``log`` when given (for the failure's story), else discarded."""
     with operator_env(namespace):
         env = dict(os.environ)
-    return subprocess.Popen(
-        [sys.executable, "-m", "kubetrain.cli", "operator", "-n", namespace,
-         "--liveness", "http://127.0.0.1:0/healthz"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    out: Any = log.open("ab") if log is not None else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "kubetrain.cli", "operator", "-n", namespace,
+             "--liveness", "http://127.0.0.1:0/healthz"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        if log is not None:
+            out.close()
 
 
 @pytest.fixture

@@ -165,3 +165,18 @@ def test_an_unchanged_status_is_not_written_again() -> None:
     patch = status_patch_if_changed(suspended, running)
     assert patch is not None and patch["phase"] == "Running"
     assert status_patch_if_changed(None, running) == patch  # a new job: always written
+
+
+def test_kopf_retries_its_api_requests_through_a_five_minute_outage(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf gives up an API request when its error backoffs run out; a timer whose status
+    patch gives up never runs again for that job. The operator's backoffs outlast an API
+    server or etcd down for minutes, and stay short enough to write soon after it is back."""
+    import kopf
+    from kubetrain.controller import handlers
+
+    monkeypatch.setenv("KUBETRAIN_METRICS_PORT", "0")
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings=settings)
+    backoffs = list(settings.networking.error_backoffs)
+    assert sum(backoffs) >= 300 and max(backoffs) <= 10

@@ -30,6 +30,12 @@ from .reconcile import Decision, reconcile
 from .settings import OperatorConfig, current_config, resolve_prices
 
 TIMER_SECONDS = current_config().timer_seconds
+# How kopf retries its own API requests (status patches, the watch's listing) while the API
+# server or etcd is unreachable or answers 5xx: up to 10 s apart, so the operator writes again
+# within ~10 s of the API coming back, for ~5 minutes in all. kopf's default (1, 1, 2, ..., 21)
+# gives up after ~54 s, and a timer whose status patch gives up ends for good: kopf never
+# spawns it again for that job (until the operator restarts), and the job stops moving.
+API_ERROR_BACKOFFS = (1.0, 1.0, 2.0, 3.0, 5.0, *(10.0,) * 29)
 
 
 @kopf.on.startup()
@@ -45,6 +51,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 150
     # The default of 300 s per API request is far too long for an operator that must react.
     settings.networking.request_timeout = 30
+    settings.networking.error_backoffs = API_ERROR_BACKOFFS
     settings.execution.max_workers = 8
     settings.posting.level = logging.WARNING  # Events come from reconcile, not from kopf logs
     # Watching given namespaces: no cluster-wide scans of namespaces and CRDs, which a
