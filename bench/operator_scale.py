@@ -1,11 +1,21 @@
 """50 TrainingJobs applied at once: how long until each one's first-stage children exist?
 
-Baseline (the floor): creating the same objects directly with the Python client (8 threads),
-no operator. Measured in one run against the same API server, plus the operator's peak
-memory (RSS of its process, sampled). The worker pods are created but their image is never
-pulled: the benchmark measures the control plane, not training.
+Two cases, each beside its own floor measured in the same run:
 
-    python bench/operator_scale.py [--jobs 50] [--namespace kt-bench]
+- ``training``: a training-only job (first children: the job's ConfigMap, the gang's Services
+  and its rank-0 training pod);
+- ``digits``: ``examples/digits.yaml`` (first children: its ConfigMap and the augmentation
+  unit's pod), a lighter floor that shows the operator's fixed cost per job.
+
+The floor: the same TrainingJobs and exactly the children the operator's first reconcile
+creates (the pure ``reconcile`` decision on a job with no children), written directly with the
+Python client from 8 threads, no operator. With the operator, the TrainingJobs are created
+the same way (8 threads), and the time runs until every job's first children exist. The
+operator runs as ``kubetrain operator -n NS`` in
+its own process; its peak RSS is sampled. The pods' image is never pulled: the benchmark
+measures the control plane, not training.
+
+    python bench/operator_scale.py [--jobs 50] [--case training|digits|both] [--json FILE]
 
 Needs a cluster (KUBECONFIG, or the machine's /var/lib/localk8s/env) with the CRD applicable.
 """
@@ -19,7 +29,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +43,12 @@ sys.path.insert(0, str(REPO / "operator"))
 
 from kubetrain.api import parse_training_job  # noqa: E402
 from kubetrain.controller import builders  # noqa: E402
-from kubetrain.pipeline.plan import plan  # noqa: E402
+from kubetrain.controller.observe import Observed  # noqa: E402
+from kubetrain.controller.reconcile import reconcile  # noqa: E402
 
 LOCAL_ENV = Path("/var/lib/localk8s/env")
+ABSENT_IMAGE = "kubetrain-bench-absent:0"
+SETTINGS = builders.WorkerSettings(worker_image=ABSENT_IMAGE, image_pull_policy="Never")
 
 
 def _env() -> None:
@@ -49,7 +65,7 @@ def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
                           check=check).stdout
 
 
-def manifest(name: str, namespace: str) -> dict[str, Any]:
+def training_manifest(name: str, namespace: str) -> dict[str, Any]:
     return {"apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
             "metadata": {"name": name, "namespace": namespace},
             "spec": {"dataset": {"builtin": "digits"},
@@ -58,118 +74,186 @@ def manifest(name: str, namespace: str) -> dict[str, Any]:
                      "storage": {"pvc": "bench-data"}}}
 
 
-def _count_children(namespace: str, names: list[str]) -> int:
-    """TrainingJobs whose first-stage children (training pod) exist."""
-    pods = json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json"))["items"]
-    have = {p["metadata"].get("labels", {}).get(builders.LABEL_JOB) for p in pods}
-    return sum(1 for n in names if n in have)
+def digits_manifest(name: str, namespace: str) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load((REPO / "examples" / "digits.yaml").read_text())
+    body["metadata"] = {"name": name, "namespace": namespace}
+    body["spec"].setdefault("storage", {})["pvc"] = "bench-data"
+    return body
 
 
-def _fresh_namespace(namespace: str) -> None:
-    kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=180s", check=False)
+CASES: dict[str, Callable[[str, str], dict[str, Any]]] = {
+    "training": training_manifest, "digits": digits_manifest}
+
+
+def first_children(body: dict[str, Any], uid: str = "bench") -> list[dict[str, Any]]:
+    """The children the operator's first reconcile of this job creates."""
+    job = parse_training_job({**body, "metadata": {**body["metadata"], "uid": uid}})
+    return reconcile(job, Observed(), SETTINGS, datetime.now(UTC)).create
+
+
+def expected_children(bodies: list[dict[str, Any]]) -> dict[str, set[tuple[str, str]]]:
+    """Job name → the (kind, name) of its first children."""
+    return {b["metadata"]["name"]: {(c["kind"], c["metadata"]["name"])
+                                    for c in first_children(b)} for b in bodies}
+
+
+def children_present(namespace: str) -> set[tuple[str, str]]:
+    """The children that exist, listed in-process (a kubectl process per poll would take CPU
+    from the operator on a small machine)."""
+    _, core = _clients()
+    have: set[tuple[str, str]] = set()
+    for kind, lister in (("Pod", core.list_namespaced_pod),
+                         ("Service", core.list_namespaced_service),
+                         ("ConfigMap", core.list_namespaced_config_map)):
+        listed = json.loads(lister(namespace, label_selector=builders.LABEL_JOB,
+                                   _preload_content=False).data)["items"]
+        have |= {(kind, item["metadata"]["name"]) for item in listed}
+    return have
+
+
+def jobs_with_children(namespace: str, expected: dict[str, set[tuple[str, str]]]) -> int:
+    have = children_present(namespace)
+    return sum(1 for children in expected.values() if children <= have)
+
+
+def fresh_namespace(namespace: str) -> None:
+    kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=300s", check=False)
     kubectl("create", "namespace", namespace)
 
 
-def run_operator(namespace: str, jobs: int) -> dict[str, float]:
-    _fresh_namespace(namespace)
-    env = {**os.environ, "KUBETRAIN_WORKER_IMAGE": "kubetrain-bench-absent:0",
-           "KUBETRAIN_IMAGE_PULL_POLICY": "Never", "KUBETRAIN_TIMER_SECONDS": "5"}
-    operator = subprocess.Popen([sys.executable, "-m", "kubetrain.cli", "operator", "-n",
-                                 namespace, "--liveness", "http://127.0.0.1:0/healthz"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = [0.0]
-    stop = threading.Event()
+class Operator:
+    """``kubetrain operator -n NS`` in its own process, its RSS sampled every 0.1 s."""
 
-    def sample() -> None:
-        while not stop.is_set():
+    def __init__(self, namespace: str, env: dict[str, str] | None = None) -> None:
+        environ = {**os.environ, "KUBETRAIN_WORKER_IMAGE": ABSENT_IMAGE,
+                   "KUBETRAIN_IMAGE_PULL_POLICY": "Never", "KUBETRAIN_TIMER_SECONDS": "5",
+                   "KUBETRAIN_METRICS_PORT": "0", "PYTHONPATH": str(REPO / "operator"),
+                   **(env or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kubetrain.cli", "operator", "-n", namespace,
+             "--liveness", "http://127.0.0.1:0/healthz"],
+            env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.peak_rss_mib = 0.0
+        self.rss_mib = 0.0
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
             try:
-                for line in Path(f"/proc/{operator.pid}/status").read_text().splitlines():
+                for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
-                        peak[0] = max(peak[0], int(line.split()[1]) / 1024)
+                        self.rss_mib = int(line.split()[1]) / 1024
+                        self.peak_rss_mib = max(self.peak_rss_mib, self.rss_mib)
             except OSError:
                 return
             time.sleep(0.1)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    def stop(self) -> None:
+        self._stop.set()
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def delete_jobs(namespace: str) -> None:
+    """Delete while the operator runs, so its finalizers are cleared."""
+    kubectl("delete", "trainingjobs", "--all", "-n", namespace, "--wait=true",
+            "--timeout=300s", check=False)
+
+
+def run_operator(namespace: str, bodies: list[dict[str, Any]]) -> dict[str, float]:
+    fresh_namespace(namespace)
+    expected = expected_children(bodies)
+    operator = Operator(namespace)
     time.sleep(6)  # the operator is up and watching
-    names = [f"bench-{i}" for i in range(jobs)]
     started = time.perf_counter()
-    kubectl("apply", "-f", "-", input=yaml.safe_dump_all([manifest(n, namespace)
-                                                           for n in names]))
+    create_jobs(namespace, bodies)  # as the floor creates them, so only the children differ
     applied = time.perf_counter() - started
-    while _count_children(namespace, names) < jobs:
+    while jobs_with_children(namespace, expected) < len(bodies):
         if time.perf_counter() - started > 300:
             break
-        time.sleep(0.25)
+        time.sleep(0.1)
     elapsed = time.perf_counter() - started
-    done = _count_children(namespace, names)
-    # Delete while the operator runs, so its finalizers are cleared.
-    kubectl("delete", "trainingjobs", "--all", "-n", namespace, "--wait=true",
-            "--timeout=180s", check=False)
-    stop.set()
-    operator.terminate()
-    operator.wait(timeout=30)
+    done = jobs_with_children(namespace, expected)
+    delete_jobs(namespace)
+    operator.stop()
     return {"seconds": elapsed, "apply_seconds": applied, "jobs_with_children": done,
-            "peak_rss_mib": peak[0]}
+            "peak_rss_mib": operator.peak_rss_mib}
 
 
-def run_direct(namespace: str, jobs: int) -> dict[str, float]:
-    """The floor: the same TrainingJobs and their children, written by the Python client."""
+@cache
+def _clients() -> tuple[Any, Any]:
     from kubernetes import client, config
 
-    _fresh_namespace(namespace)
     config.load_kube_config()
-    custom, core = client.CustomObjectsApi(), client.CoreV1Api()
-    settings = builders.OperatorSettings(worker_image="kubetrain-bench-absent:0",
-                                         image_pull_policy="Never")
+    return client.CustomObjectsApi(), client.CoreV1Api()
 
-    def one(i: int) -> None:
-        body = manifest(f"bench-{i}", namespace)
+
+def create_jobs(namespace: str, bodies: list[dict[str, Any]]) -> None:
+    """The TrainingJobs alone, by the Python client from 8 threads (the floor's way)."""
+    custom, _ = _clients()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda body: custom.create_namespaced_custom_object(
+            "kubetrain.io", "v1alpha1", namespace, "trainingjobs", body), bodies))
+
+
+def run_direct(namespace: str, bodies: list[dict[str, Any]]) -> dict[str, float]:
+    """The floor: the same TrainingJobs and their first children, by the Python client."""
+    fresh_namespace(namespace)
+    custom, core = _clients()
+    create = {"Pod": core.create_namespaced_pod, "Service": core.create_namespaced_service,
+              "ConfigMap": core.create_namespaced_config_map}
+
+    def one(body: dict[str, Any]) -> None:
         created = custom.create_namespaced_custom_object("kubetrain.io", "v1alpha1", namespace,
                                                          "trainingjobs", body)
-        job = parse_training_job({**body, "metadata": {**body["metadata"],
-                                                       "uid": created["metadata"]["uid"]}})
-        unit = plan(job.spec).stages[0].units[0]
-        core.create_namespaced_config_map(namespace, builders.job_config_map(job))
-        for service in builders.gang_services(job, unit):
-            core.create_namespaced_service(namespace, service)
-        for pod in builders.gang_pods(job, unit, settings):
-            core.create_namespaced_pod(namespace, pod)
+        for child in first_children(body, created["metadata"]["uid"]):
+            create[child["kind"]](namespace, child)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(one, range(jobs)))
+        list(pool.map(one, bodies))
     elapsed = time.perf_counter() - started
     kubectl("delete", "trainingjobs", "--all", "-n", namespace, "--wait=false", check=False)
     return {"seconds": elapsed}
 
 
+def run_case(case: str, jobs: int, namespace: str) -> dict[str, Any]:
+    bodies = [CASES[case](f"bench-{i}", namespace) for i in range(jobs)]
+    direct = run_direct(namespace, bodies)
+    operator = run_operator(namespace, bodies)
+    return {"case": case, "jobs": jobs,
+            "first_children": sorted(c["kind"] for c in first_children(bodies[0])),
+            "direct_client_seconds": round(direct["seconds"], 2),
+            "operator_seconds": round(operator["seconds"], 2),
+            "ratio": round(operator["seconds"] / direct["seconds"], 2),
+            "operator_jobs_with_children": operator["jobs_with_children"],
+            "operator_case_jobs_created_seconds": round(operator["apply_seconds"], 2),
+            "operator_peak_rss_mib": round(operator["peak_rss_mib"], 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--case", choices=[*CASES, "both"], default="both")
     parser.add_argument("--namespace", default="kt-bench")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     _env()
     kubectl("apply", "-f", str(REPO / "crds"))
-    direct = run_direct(args.namespace, args.jobs)
-    operator = run_operator(args.namespace, args.jobs)
+    cases = list(CASES) if args.case == "both" else [args.case]
+    results = [run_case(case, args.jobs, args.namespace) for case in cases]
     kubectl("delete", "namespace", args.namespace, "--wait=false", check=False)
-    result = {"jobs": args.jobs, "direct_client_seconds": round(direct["seconds"], 2),
-              "operator_seconds": round(operator["seconds"], 2),
-              "ratio": round(operator["seconds"] / direct["seconds"], 2),
-              "operator_jobs_with_children": operator["jobs_with_children"],
-              "kubectl_apply_seconds": round(operator["apply_seconds"], 2),
-              "operator_peak_rss_mib": round(operator["peak_rss_mib"], 1)}
-    print(f"{'what':<44}{'value':>10}")
-    print(f"{'jobs applied at once':<44}{args.jobs:>10}")
-    print(f"{'direct Python client, 8 threads (floor) s':<44}{result['direct_client_seconds']:>10}")
-    print(f"{'operator: until every job has its pod, s':<44}{result['operator_seconds']:>10}")
-    print(f"{'ratio operator / floor':<44}{result['ratio']:>10}")
-    print(f"{'operator peak RSS, MiB':<44}{result['operator_peak_rss_mib']:>10}")
+    print(f"{'case':<10}{'first children':<28}{'floor s':>9}{'operator s':>12}{'ratio':>7}"
+          f"{'with children':>15}{'peak RSS MiB':>14}")
+    for r in results:
+        print(f"{r['case']:<10}{' '.join(r['first_children']):<28}"
+              f"{r['direct_client_seconds']:>9}{r['operator_seconds']:>12}{r['ratio']:>7}"
+              f"{r['operator_jobs_with_children']:>10}/{r['jobs']:<4}"
+              f"{r['operator_peak_rss_mib']:>14}")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

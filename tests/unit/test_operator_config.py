@@ -180,3 +180,16 @@ def test_kopf_retries_its_api_requests_through_a_five_minute_outage(
     handlers.configure(settings=settings)
     backoffs = list(settings.networking.error_backoffs)
     assert sum(backoffs) >= 300 and max(backoffs) <= 10
+
+
+def test_event_handlers_retry_until_the_api_answers() -> None:
+    """A job without a timer (fresh, suspended, finished) is moved only by its event
+    handlers: none of them may give up for good during an outage."""
+    import kopf
+    from kubetrain.controller import handlers  # noqa: F401  (registers the handlers)
+
+    registry = kopf.get_default_registry()
+    changing = list(registry._changing.get_all_handlers())
+    assert {h.reason for h in changing} >= {"create", "update", None}  # None: resume
+    for handler in changing:
+        assert handler.retries is None and handler.timeout is None, handler.id

@@ -10,13 +10,13 @@ Settings come from the operator configuration (settings.py: $KUBETRAIN_CONFIG pl
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from ..api.resource import GROUP, PLURAL, VERSION, ManifestError, parse_training_job
@@ -65,24 +65,27 @@ def probe(**_: Any) -> str:
     return "ok"
 
 
-def _list(kind: str, namespace: str, selector: str) -> list[Any]:
-    if kind == "Pod":
-        return list(kube.core().list_namespaced_pod(namespace, label_selector=selector).items)
-    if kind == "Service":
-        return list(kube.core().list_namespaced_service(namespace, label_selector=selector).items)
-    return list(kube.core().list_namespaced_config_map(namespace, label_selector=selector).items)
+_LISTS = {"Pod": "list_namespaced_pod", "Service": "list_namespaced_service",
+          "ConfigMap": "list_namespaced_config_map"}
+
+
+def _list(kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+    """The children of one kind as plain dicts (camelCase, as the API sends them): decoding
+    the JSON directly costs a fraction of the client's model objects, in time and memory."""
+    response = getattr(kube.core(), _LISTS[kind])(namespace, label_selector=selector,
+                                                  _preload_content=False)
+    items: list[dict[str, Any]] = json.loads(response.data).get("items") or []
+    return items
 
 
 def observe(namespace: str, name: str, running_units: list[str]) -> Observed:
     """List the job's children by label; read live progress from running rank-0 pods."""
     selector = f"{b.LABEL_JOB}={name}"
-    serializer = client.ApiClient()
-    pods = [pod_view(serializer.sanitize_for_serialization(p))
-            for p in _list("Pod", namespace, selector)]
+    pods = [pod_view(p) for p in _list("Pod", namespace, selector)]
     observed = Observed(
         pods=pods,
-        services={s.metadata.name for s in _list("Service", namespace, selector)},
-        config_maps={c.metadata.name for c in _list("ConfigMap", namespace, selector)},
+        services={s["metadata"]["name"] for s in _list("Service", namespace, selector)},
+        config_maps={c["metadata"]["name"] for c in _list("ConfigMap", namespace, selector)},
     )
     for pod in pods:
         if pod.unit in running_units and pod.rank == 0 and pod.phase == "Running":
@@ -185,11 +188,25 @@ def _reporting_units(status: TrainingJobStatus | None) -> list[str]:
 
 
 def _is_active(body: kopf.Body, **_: Any) -> bool:
+    """Whether the job gets the timer (and with it kopf's finalizer): only while something
+    can change without an event on the job itself, that is, while its children run.
+
+    Not a fresh job (no status yet): the create handler reconciles it at once; were the timer
+    due, kopf would first add its finalizer in a round trip of its own. Not a suspended job
+    (its running children were stopped when it was suspended; resuming is a spec change) nor a
+    finished one (unless it waits for its TTL): 1,000 idle jobs cost the API server nothing.
+    """
     status = body.get("status") or {}
-    if status.get("phase") not in (Phase.SUCCEEDED, Phase.FAILED):
-        return True
-    return (body.get("spec") or {}).get("runPolicy", {}).get("ttlSecondsAfterFinished") \
-        is not None
+    phase = status.get("phase")
+    spec = body.get("spec") or {}
+    run_policy = spec.get("runPolicy") or {}
+    if not phase:
+        return False
+    if phase == Phase.SUSPENDED and run_policy.get("suspend"):
+        return False
+    if phase in (Phase.SUCCEEDED, Phase.FAILED):
+        return run_policy.get("ttlSecondsAfterFinished") is not None
+    return True
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -227,11 +244,16 @@ def _parse(document: dict[str, Any], namespace: str, name: str,
     return job
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL, retries=5, backoff=5, timeout=120)
-@kopf.on.resume(GROUP, VERSION, PLURAL, retries=5, backoff=5, timeout=120)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", retries=5, backoff=5, timeout=120)
-@kopf.on.update(GROUP, VERSION, PLURAL, id="queue-turn", retries=5, backoff=5, timeout=120,
-                field=("metadata", "annotations", admission.TURN))
+# The event handlers retry without limit (every 10 s): a fresh job, a suspended one or a
+# finished one has no timer (_is_active), so a handler that kopf marked failed for good during a
+# long API-server outage would leave the job unhandled until the operator restarted. A spec the
+# operator cannot run is not retried: it becomes the Invalid condition at once.
+@kopf.on.create(GROUP, VERSION, PLURAL, retries=None, backoff=10, timeout=None)
+@kopf.on.resume(GROUP, VERSION, PLURAL, retries=None, backoff=10, timeout=None)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", retries=None, backoff=10, timeout=None)
+@kopf.on.update(GROUP, VERSION, PLURAL, id="queue-turn",
+                field=("metadata", "annotations", admission.TURN),
+                retries=None, backoff=10, timeout=None)
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS,
             idle=None, when=_is_active,
             retries=3, backoff=5, timeout=120)
@@ -285,7 +307,11 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str,
             patch.status.update(changed)
         return
     try:
-        observed = observe(namespace, name, _reporting_units(job.status))
+        # A job never reconciled has no children to see (were some left by a reconcile whose
+        # status write was lost, creating them again is answered 409 and the next tick sees
+        # them): three LISTs saved on the way to its first children.
+        observed = (observe(namespace, name, _reporting_units(job.status))
+                    if job.status is not None else Observed())
         decision = reconcile(job, observed, config.worker_settings(), now)
         _apply(decision, body, namespace, name)
         if before is not None and before.phase == Phase.RUNNING and \
