@@ -4,8 +4,10 @@ The active one is SIGKILLed in the middle of training; the standby takes the Lea
 finishes the job. Shown from the cluster's own records: every pod was created once, by the
 replica whose managedFields manager it carries (``kubetrain-<identity>``), inside that
 replica's active window (from its "active at" log line to its death); the Lease changed holder
-once. Prints the takeover gap (SIGKILL to the Lease's new holder, and to the first write to the
-TrainingJob) for the note. About 2 minutes.
+once. Then a clean stop (SIGTERM) hands the Lease to a third replica, and a holder that finds
+its Lease taken exits with code 3. Prints the takeover gaps (SIGKILL to the Lease's new holder
+and to the first write to the TrainingJob; SIGTERM to the new holder) for the note.
+About 45 seconds.
 """
 
 from __future__ import annotations
@@ -99,24 +101,36 @@ def test_standby_takes_over_when_the_active_operator_is_killed(namespace: str,
         status = wait_phase(namespace, "standby", ("Succeeded", "Failed"), timeout=300)
         pods = get_json("pods", "-n", namespace, "--show-managed-fields")["items"]
         assert procs[standby].poll() is None, logs[standby].read_text()[-3000:]
-        # the job goes with its finalizer while the new holder runs; then someone else takes
-        # the Lease: the holder must stop at once, with exit code 3
-        kubectl("delete", "tj", "standby", "-n", namespace, "--timeout=60s")
+        kubectl("delete", "tj", "standby", "-n", namespace, "--timeout=60s")  # its finalizer
+        # a clean stop (SIGTERM, as in a rolling upgrade) releases the Lease to a third replica
+        logs["op-c"] = tmp_path / "op-c.log"
+        procs["op-c"] = start_replica(namespace, "op-c", logs["op-c"])
+        wait_for(lambda: "standing by" in logs["op-c"].read_text(), 60, "op-c to stand by",
+                 interval=0.5)
+        terminated_at = time.time()
+        os.killpg(procs[standby].pid, signal.SIGTERM)
+        terminated = procs[standby].wait(timeout=60)
+        wait_for(lambda: lease(namespace).get("holderIdentity") == "op-c", 60,
+                 "op-c to take the released Lease", interval=0.25)
+        handover = time.time() - terminated_at
+        # someone else takes the Lease: the holder must stop at once, with exit code 3
         kubectl("patch", "lease", LEASE, "-n", namespace, "--type=merge",
                 "-p", '{"spec": {"holderIdentity": "intruder"}}')
-        exit_code = procs[standby].wait(timeout=30)
+        exit_code = procs["op-c"].wait(timeout=30)
     finally:
         for proc in procs.values():
             stop(proc)
     assert status["phase"] == "Succeeded", json.dumps(status)[:2000]
     assert new_holder_at is not None, logs[standby].read_text()[-3000:]
-    assert exit_code == 3 and "standing down" in logs[standby].read_text()
+    assert terminated == 0 and "released Lease" in logs[standby].read_text()
+    assert exit_code == 3 and "standing down" in logs["op-c"].read_text()
     # one became active at the start; the other only after the first had been killed
     starts = {name: active_since(log) for name, log in logs.items()}
     assert len(starts[first]) == 1 and len(starts[standby]) == 1, starts
+    assert starts[standby][0] < terminated_at < starts["op-c"][0]
     assert "standing by" in logs[standby].read_text()
     assert starts[first][0] < killed_at < starts[standby][0]
-    windows = {first: (starts[first][0], killed_at), standby: (starts[standby][0], time.time())}
+    windows = {first: (starts[first][0], killed_at), standby: (starts[standby][0], terminated_at)}
     # every pod created once (the ones from before the kill are the same objects), by a
     # replica while it was the active one
     assert len({p["metadata"]["name"] for p in pods}) == len(pods)
@@ -135,5 +149,6 @@ def test_standby_takes_over_when_the_active_operator_is_killed(namespace: str,
     print(f"\nstandby takeover after SIGKILL: active (log) {gap_log:.1f}s, Lease holder changed "
           f"{new_holder_at - killed_at:.1f}s, first TrainingJob write "
           f"{(first_write_at - killed_at) if first_write_at else float('nan'):.1f}s; "
+          f"after SIGTERM (Lease released) {handover:.1f}s; "
           f"pods by {first}: {sorted(created_by[first])}, by {standby}: "
           f"{sorted(created_by[standby])}")

@@ -178,7 +178,7 @@ def test_two_replicas_elect_a_leader_on_a_lease_in_the_release_namespace() -> No
     (role,) = [d for d in by_kind(docs, "Role") if hooks(d) is None]
     assert role["metadata"]["namespace"] == "ops"
     assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                              "verbs": ["get", "create", "update"]}]
+                              "verbs": ["get", "create", "update", "delete"]}]
     (binding,) = [d for d in by_kind(docs, "RoleBinding") if hooks(d) is None]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
 

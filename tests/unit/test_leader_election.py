@@ -24,7 +24,6 @@ from kubetrain.controller.leader import (
     decide,
     election_config,
     must_stand_down,
-    release,
     serve_standby_health,
     sight,
     timing_problems,
@@ -75,8 +74,6 @@ def test_claim_counts_transitions_and_keeps_the_acquire_time_on_renewal() -> Non
     taken = claim(lease("a", transitions=2), "b", now, 10)
     assert (taken["holderIdentity"], taken["leaseTransitions"]) == ("b", 3)
     assert taken["acquireTime"] == taken["renewTime"]
-    freed = release(lease("a", transitions=2), now)
-    assert freed["holderIdentity"] is None and freed["leaseTransitions"] == 2
 
 
 def test_bad_timings_name_the_flag() -> None:
@@ -152,6 +149,13 @@ class StoreView:
         if self.store.lease is None or self.store.lease.resource_version != resource_version:
             raise Conflict("changed")
         return self.store._write(spec)
+
+    def delete(self, resource_version: str, timeout: float) -> None:
+        self._reach()
+        if self.store.lease is not None and self.store.lease.resource_version != \
+                resource_version:
+            raise Conflict("changed")
+        self.store.lease = None
 
 
 class World:
@@ -256,8 +260,10 @@ def test_release_lets_the_standby_take_over_at_its_next_retry() -> None:
     world.run(20)
     world.electors["a"].release()
     world.stop("a")
+    assert world.store.lease is None  # released: nothing left after an uninstall
     world.run(22.1)
     assert world.active["b"] and world.active["b"][0][0] - 20 <= 2
+    assert world.store.lease is not None and world.store.lease.holder == "b"
 
 
 def test_the_standby_answers_the_liveness_probe() -> None:

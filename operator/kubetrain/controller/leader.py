@@ -10,7 +10,8 @@ resourceVersion (a concurrent writer gets 409 Conflict). When it has not renewed
 ``renewDeadlineSeconds`` (API server unreachable, renewals failing) or finds the Lease held by
 another, it stops at once: the process exits with ``EXIT_LEADERSHIP_LOST``, the Deployment
 restarts the container and it comes back as a standby. On a clean stop (SIGTERM, an upgrade)
-it releases the Lease after kopf has stopped, so a standby takes over within one retry.
+it releases the Lease after kopf has stopped (deletes it, conditional on its resourceVersion:
+nothing is left after an uninstall), so a standby takes over within one retry.
 
 Why the two are never active at once: a standby takes a held Lease only after it has seen the
 same version of it, unchanged, for ``leaseSeconds`` on its own monotonic clock (no comparison of
@@ -23,7 +24,7 @@ previous process is gone.
 Takeover after the holder dies without releasing (SIGKILL, node lost): leaseSeconds plus up to
 one retry plus kopf's start, about 10-14 s with the defaults (10 s, 7 s, 2 s).
 
-The decisions (``sight``, ``decide``, ``must_stand_down``, ``claim``, ``release``) are pure
+The decisions (``sight``, ``decide``, ``must_stand_down``, ``claim``) are pure
 functions; ``Elector`` drives them against a ``LeaseStore`` (the API server, or a fake in tests).
 """
 
@@ -202,13 +203,6 @@ def claim(record: LeaseRecord | None, me: str, wall: datetime, lease_seconds: in
             "leaseTransitions": transitions}
 
 
-def release(record: LeaseRecord, wall: datetime) -> dict[str, Any]:
-    """The Lease spec that gives it up: no holder, so a standby takes it at its next retry."""
-    return {"holderIdentity": None, "leaseDurationSeconds": 1,
-            "acquireTime": micro_time(record.acquire_time) if record.acquire_time else None,
-            "renewTime": micro_time(wall), "leaseTransitions": record.transitions}
-
-
 # --- talking to a store of Leases ------------------------------------------------------------
 
 class Conflict(Exception):
@@ -222,6 +216,8 @@ class LeaseStore(Protocol):
 
     def replace(self, spec: dict[str, Any], resource_version: str,
                 timeout: float) -> LeaseRecord: ...
+
+    def delete(self, resource_version: str, timeout: float) -> None: ...
 
 
 def _record(lease: Any) -> LeaseRecord:
@@ -290,6 +286,21 @@ class KubeLeaseStore:
             if error.status == 409:
                 raise Conflict("the Lease changed since it was read") from None
             raise
+
+    def delete(self, resource_version: str, timeout: float) -> None:
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+
+        options = client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(resource_version=resource_version))
+        try:
+            self._api.delete_namespaced_lease(self._name, self._namespace, body=options,
+                                              _request_timeout=max(timeout, 0.1))
+        except ApiException as error:
+            if error.status == 409:
+                raise Conflict("the Lease changed since it was read") from None
+            if error.status != 404:
+                raise
 
 
 def _utcnow() -> datetime:
@@ -425,8 +436,7 @@ class Elector:
         self.leading = False
         ACTIVE.set(0)
         try:
-            self.store.replace(release(self.record, self._wall()), self.record.resource_version,
-                               self.config.retry_seconds)
+            self.store.delete(self.record.resource_version, self.config.retry_seconds)
             LOG.info("released Lease %s/%s at %s", self.config.namespace,
                      self.config.lease_name, micro_time(self._wall()))
         except Exception as error:  # a standby takes over when the Lease expires
