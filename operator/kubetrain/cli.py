@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,6 @@ def _cmd_crd(args: argparse.Namespace) -> int:
 def _cmd_operator(args: argparse.Namespace) -> int:
     import asyncio
     import logging
-    import os
 
     import kopf
 
@@ -81,18 +81,37 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     if args.namespace:  # -n overrides the configuration's namespaces (the handlers read them)
         os.environ["KUBETRAIN_NAMESPACES"] = ",".join(args.namespace)
     config = load_config()  # a bad configuration stops here, before kopf starts
+    from .controller import leader, metrics
+
+    election = leader.election_config(
+        lease_name=args.lease_name, namespace=args.lease_namespace, identity=args.identity,
+        lease_seconds=args.lease_seconds, renew_deadline_seconds=args.renew_deadline_seconds,
+        retry_seconds=args.retry_seconds) if args.leader_elect else None
     from .controller import handlers  # noqa: F401  (registers the handlers)
 
     kopf.configure(verbose=args.verbose)  # log lines with time, logger and level (INFO)
     if not args.verbose:  # not a line per liveness probe
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
-    asyncio.run(kopf.operator(
-        standalone=True,
-        clusterwide=not config.namespaces,
-        namespaces=config.namespaces,
-        liveness_endpoint=args.liveness,
-    ))
+    elector = None
+    if election is not None:  # a standby waits here, healthy, until it holds the Lease
+        from .controller import kube
+
+        kube.identify(f"kubetrain-{election.identity}")  # the children record their creator
+        metrics.serve(config.metrics_port)
+        elector = leader.become_leader(election, args.liveness)
+    else:
+        leader.ACTIVE.set(1)
+    try:
+        asyncio.run(kopf.operator(
+            standalone=True,
+            clusterwide=not config.namespaces,
+            namespaces=config.namespaces,
+            liveness_endpoint=args.liveness,
+        ))
+    finally:
+        if elector is not None:  # after kopf stopped: a standby takes over at its next retry
+            elector.release()
     return 0
 
 
@@ -231,6 +250,28 @@ def build_parser() -> argparse.ArgumentParser:
                     "imagePullPolicy, defaultPVC, namespaces, prices, metricsPort, "
                     "timerSeconds); default: $KUBETRAIN_CONFIG, else built-in defaults")
     op.add_argument("--verbose", action="store_true", help="debug logging")
+    election = op.add_argument_group(
+        "leader election", "several replicas: the one holding a Lease (coordination.k8s.io/v1) "
+        "runs, the others stand by; env defaults: KUBETRAIN_LEADER_ELECT=true, POD_NAME, "
+        "POD_NAMESPACE")
+    election.add_argument("--leader-elect", action=argparse.BooleanOptionalAction,
+                          default=os.environ.get("KUBETRAIN_LEADER_ELECT", "").lower()
+                          in ("1", "true", "yes"),
+                          help="take the Lease before acting (default: off)")
+    election.add_argument("--lease-name", default=None,
+                          help="the Lease's name (default: kubetrain-operator)")
+    election.add_argument("--lease-namespace", default=None,
+                          help="the Lease's namespace (default: $POD_NAMESPACE, else the pod's "
+                          "service account namespace)")
+    election.add_argument("--identity", default=None,
+                          help="this replica's name in the Lease (default: $POD_NAME, else "
+                          "host-pid)")
+    election.add_argument("--lease-seconds", type=float, default=10,
+                          help="a holder that has not renewed for this long may be replaced")
+    election.add_argument("--renew-deadline-seconds", type=float, default=7,
+                          help="the holder stops (exit 3) when it could not renew for this long")
+    election.add_argument("--retry-seconds", type=float, default=2,
+                          help="how often the holder renews and a standby tries")
     op.set_defaults(func=_cmd_operator)
 
     cleanup = sub.add_parser("cleanup", help="delete every watched TrainingJob and wait until "

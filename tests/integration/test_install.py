@@ -12,6 +12,7 @@ defaults; only the pull policy is Never, so a missing image fails fast instead o
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -115,7 +116,7 @@ def _leftovers(namespace: str) -> list[str]:
         for item in get_json(kind, "-n", namespace, "-l", "kubetrain.io/job").get("items", []):
             left.append(f"{kind} {namespace}/{item['metadata']['name']}")
     for kind in ("pods", "jobs", "services", "configmaps", "serviceaccounts", "roles",
-                 "rolebindings", "deployments"):
+                 "rolebindings", "deployments", "leases"):
         for item in get_json(kind, "-n", SYSTEM).get("items", []) if kubectl(
                 "get", "namespace", SYSTEM, check=False).returncode == 0 else []:
             name = item["metadata"]["name"]
@@ -216,5 +217,47 @@ def test_helm_namespaced_scope_has_no_cluster_rights(clean_cluster: None, namesp
     assert "Forbidden" not in logs and "403" not in logs, logs[-3000:]
     kubectl("delete", "trainingjob", "unwatched", "-n", SYSTEM)
 
+    helm("uninstall", "kubetrain", "-n", SYSTEM, "--wait", "--timeout", "5m")
+    _assert_nothing_left(namespace)
+
+
+def _lease_holder() -> str | None:
+    found = kubectl("get", "lease", "kubetrain", "-n", SYSTEM, "-o", "json", check=False)
+    holder = json.loads(found.stdout)["spec"].get("holderIdentity") if found.returncode == 0 \
+        else None
+    return str(holder) if holder else None
+
+
+def test_helm_two_replicas_standby_takes_over(clean_cluster: None, namespace: str) -> None:
+    """replicas=2: one pod holds the Lease, the other stands by (Ready, answering /healthz);
+    the active pod killed (deleted with no grace), the standby takes over and reconciles; helm
+    test passes through the Service (either pod); uninstall leaves no Lease behind."""
+    helm("install", "kubetrain", str(REPO / "charts" / "kubetrain"), "-n", SYSTEM,
+         "--create-namespace", "--wait", "--timeout", "3m", "--set", "replicas=2",
+         "--set", "image.pullPolicy=Never", "--set", "worker.image.pullPolicy=Never")
+    pods = {p["metadata"]["name"] for p in get_json(
+        "pods", "-n", SYSTEM, "-l", "app.kubernetes.io/component=operator")["items"]}
+    active = wait_for(_lease_holder, 60, "a Lease holder")
+    assert len(pods) == 2 and active in pods
+    (standby,) = pods - {active}
+    assert "standing by" in kubectl("logs", "-n", SYSTEM, standby).stdout
+    killed_at = time.time()
+    kubectl("delete", "pod", active, "-n", SYSTEM, "--grace-period=0", "--force",
+            "--wait=false")
+    wait_for(lambda: _lease_holder() == standby, 60, "the standby to take the Lease",
+             interval=0.5)
+    gap = time.time() - killed_at
+    job = {"apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
+           "metadata": {"name": "after-takeover", "namespace": namespace},
+           "spec": {"dataset": {"builtin": "iris"}, "model": {"builtin": "mlp"},
+                    "storage": {"pvc": "none"}, "runPolicy": {"suspend": True}}}
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(job))
+    wait_phase(namespace, "after-takeover", ("Suspended",), timeout=60)
+    reconciled = time.time() - killed_at
+    tested = helm("test", "kubetrain", "-n", SYSTEM, "--logs")
+    assert "reconciled (phase Suspended)" in tested.stdout, tested.stdout
+    kubectl("delete", "trainingjob", "after-takeover", "-n", namespace)
+    print(f"\nhelm replicas=2: standby {standby} took the Lease {gap:.1f}s after the active "
+          f"pod was force-deleted; a new job reconciled {reconciled:.1f}s after")
     helm("uninstall", "kubetrain", "-n", SYSTEM, "--wait", "--timeout", "5m")
     _assert_nothing_left(namespace)

@@ -67,11 +67,13 @@ def test_plain_manifests_are_rendered_from_the_chart() -> None:
 def test_default_install() -> None:
     docs = render()
     installed = sorted(d["kind"] for d in docs if hooks(d) is None)
-    assert installed == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment",
-                         "Service", "ServiceAccount"]
+    assert installed == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Role",
+                         "RoleBinding", "Service", "ServiceAccount"]
     (deployment,) = by_kind(docs, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    # one replica, with leader election: an upgrade rolls, the new pod waits for the Lease
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == "kubetrain-operator:0.1.0"
@@ -122,7 +124,9 @@ def test_namespaced_rbac_has_no_cluster_rights() -> None:
     docs = render("rbac.scope=namespaced", "watchNamespaces={ml,research}")
     assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
     roles = [d for d in by_kind(docs, "Role") if hooks(d) is None]
-    assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml", "research"]
+    assert sorted((r["metadata"]["namespace"], r["metadata"]["name"]) for r in roles) == [
+        ("kubetrain-system", "kubetrain-leader-election"), ("ml", "kubetrain"),
+        ("research", "kubetrain")]
     bindings = [d for d in by_kind(docs, "RoleBinding") if hooks(d) is None]
     assert all(b["subjects"][0]["namespace"] == "kubetrain-system" for b in bindings)
     # helm test reconciles its job in a watched namespace
@@ -147,6 +151,63 @@ def test_operator_rules_cover_what_it_creates() -> None:
     assert {"watch", "patch", "delete"} <= verbs[("kubetrain.io", "trainingjobs")]
     assert "patch" in verbs[("kubetrain.io", "trainingjobs/status")]
     assert "*" not in {v for vs in verbs.values() for v in vs}
+
+
+def _operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = by_kind(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def test_two_replicas_elect_a_leader_on_a_lease_in_the_release_namespace() -> None:
+    from kubetrain.cli import build_parser
+    from kubetrain.controller.leader import election_config
+
+    docs = render("replicas=2", "leaderElection.renewDeadlineSeconds:=6.5", namespace="ops")
+    (deployment,) = by_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    container = _operator_container(docs)
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    # the operator's own parser reads the rendered arguments
+    args = build_parser().parse_args(["operator", *container["args"]])
+    config = election_config(lease_name=args.lease_name, namespace=args.lease_namespace,
+                             identity=args.identity, lease_seconds=args.lease_seconds,
+                             renew_deadline_seconds=args.renew_deadline_seconds,
+                             retry_seconds=args.retry_seconds,
+                             environ={"POD_NAME": "kubetrain-abc"})
+    assert args.leader_elect
+    assert (config.lease_name, config.namespace, config.identity) == ("kubetrain", "ops",
+                                                                      "kubetrain-abc")
+    assert (config.lease_seconds, config.renew_deadline_seconds, config.retry_seconds) == \
+        (10, 6.5, 2)
+    (role,) = [d for d in by_kind(docs, "Role") if hooks(d) is None]
+    assert role["metadata"]["namespace"] == "ops"
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "verbs": ["get", "create", "update", "delete"]}]
+    (binding,) = [d for d in by_kind(docs, "RoleBinding") if hooks(d) is None]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_without_leader_election_one_replica_recreated() -> None:
+    docs = render("leaderElection.enabled=false")
+    (deployment,) = by_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert not any(a.startswith("--leader-elect") for a in _operator_container(docs)["args"])
+    assert not [d for d in by_kind(docs, "Role") if hooks(d) is None]
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (("replicas=2", "leaderElection.enabled=false"), "replicas > 1 needs leaderElection"),
+    (("leaderElection.leaseSeconds=7",),
+     "needs retrySeconds < renewDeadlineSeconds < leaseSeconds"),
+    (("replicas=0",), "/replicas"),
+])
+def test_leader_election_values_are_checked(sets: tuple[str, ...], message: str) -> None:
+    args = [a for s in sets for a in ("--set", s)]
+    result = helm("template", "kubetrain", str(CHART), *args, check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
 def test_service_monitor_is_optional() -> None:

@@ -29,3 +29,11 @@ def batch() -> client.BatchV1Api:
 
 def custom() -> client.CustomObjectsApi:
     return client.CustomObjectsApi(_api_client())
+
+
+def identify(name: str) -> None:
+    """Name this process to the API server (user agent, hence the ``manager`` of the objects it
+    creates in their managedFields): which replica created a pod stays on record."""
+    from .. import __version__
+
+    _api_client().user_agent = f"{name}/{__version__}"
