@@ -33,23 +33,11 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-LOCAL_ENV = Path("/var/lib/localk8s/env")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from operator_scale import REPO, _env, kubectl
+
 HOST_STORAGE = Path("/var/lib/kubetrain-test")
-
-
-def _env() -> None:
-    if os.environ.get("KUBECONFIG") or not LOCAL_ENV.exists():
-        return
-    for line in LOCAL_ENV.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            os.environ[key] = value.replace("$PATH", os.environ.get("PATH", ""))
-
-
-def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
-    return subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True,
-                          check=check, timeout=300).stdout
 
 
 def _version() -> str:

@@ -62,7 +62,7 @@ def _env() -> None:
 
 def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
     return subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True,
-                          check=check).stdout
+                          check=check, timeout=300).stdout
 
 
 def training_manifest(name: str, namespace: str) -> dict[str, Any]:
