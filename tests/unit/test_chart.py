@@ -168,7 +168,8 @@ def test_two_replicas_elect_a_leader_on_a_lease_in_the_release_namespace() -> No
     assert deployment["spec"]["replicas"] == 2
     container = _operator_container(docs)
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
-    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace",
+                   "POD_UID": "metadata.uid"}
     # the operator's own parser reads the rendered arguments
     args = build_parser().parse_args(["operator", *container["args"]])
     config = election_config(lease_name=args.lease_name, namespace=args.lease_namespace,

@@ -23,6 +23,7 @@ from kubetrain.controller.leader import (
     claim,
     decide,
     election_config,
+    lease_owner,
     must_stand_down,
     serve_standby_health,
     sight,
@@ -277,3 +278,11 @@ def test_the_standby_answers_the_liveness_probe() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_lease_is_owned_by_the_holders_pod_in_a_pod_only() -> None:
+    """An uninstall deletes the pods; the garbage collector then deletes their Lease."""
+    assert lease_owner({"POD_NAME": "op-1", "POD_UID": "u-1"}) == {
+        "apiVersion": "v1", "kind": "Pod", "name": "op-1", "uid": "u-1"}
+    assert lease_owner({"POD_NAME": "op-1"}) is None
+    assert lease_owner({}) is None

@@ -233,7 +233,8 @@ class KubeLeaseStore:
     """The Lease on the API server, through its own connection pool (renewals never wait
     behind the handlers' requests)."""
 
-    def __init__(self, name: str, namespace: str, request_timeout: float = 5.0) -> None:
+    def __init__(self, name: str, namespace: str, request_timeout: float = 5.0,
+                 owner: dict[str, Any] | None = None) -> None:
         from kubernetes import client
 
         from . import kube
@@ -242,6 +243,7 @@ class KubeLeaseStore:
         self._api = client.CoordinationV1Api(client.ApiClient())
         self._name, self._namespace = name, namespace
         self._timeout = request_timeout
+        self._owner = owner
 
     def _body(self, spec: dict[str, Any], resource_version: str | None = None) -> dict[str, Any]:
         metadata: dict[str, Any] = {"name": self._name, "namespace": self._namespace,
@@ -249,6 +251,8 @@ class KubeLeaseStore:
                                                "app.kubernetes.io/component": "leader-election"}}
         if resource_version is not None:
             metadata["resourceVersion"] = resource_version
+        if self._owner is not None:
+            metadata["ownerReferences"] = [self._owner]
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata,
                 "spec": spec}
 
@@ -470,10 +474,22 @@ def serve_standby_health(url: str) -> ThreadingHTTPServer:
     return server
 
 
+def lease_owner(environ: Mapping[str, str]) -> dict[str, Any] | None:
+    """The holder's own Pod as the Lease's owner ($POD_NAME and $POD_UID, from the downward
+    API in the chart): when the holder's pod is deleted (an uninstall, a rollout, a node
+    drain) the garbage collector deletes the Lease too, even where the holder could not
+    release it (killed, or its RBAC already gone). None outside a pod."""
+    name, uid = environ.get("POD_NAME"), environ.get("POD_UID")
+    if not name or not uid:
+        return None
+    return {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}
+
+
 def become_leader(config: ElectionConfig, liveness_url: str | None) -> Elector:
     """Block as a standby (healthy on ``liveness_url``) until this replica holds the Lease;
     then renew it in the background."""
-    elector = Elector(config, KubeLeaseStore(config.lease_name, config.namespace))
+    elector = Elector(config, KubeLeaseStore(config.lease_name, config.namespace,
+                                             owner=lease_owner(os.environ)))
     server = serve_standby_health(liveness_url) if liveness_url else None
     try:
         elector.wait_until_leader()
