@@ -162,8 +162,16 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+# How long a trial waits for the study server. On Kubernetes it is reached through a Service
+# whose endpoints the control plane fills in: a trial started just before an API-server outage
+# (down 20 s, answering again ~50 s after it stopped on the 2-core test node) could not reach
+# it within the 60 s this used to be, and failed (tests/integration/test_control_plane_faults.py).
+STUDY_SERVER_WAIT_SECONDS = 180.0
+
+
 def open_storage(storage_dir: Path, *, study_server: str | None = None,
-                 url: str | None = None, wait_seconds: float = 60.0) -> BaseStorage:
+                 url: str | None = None,
+                 wait_seconds: float = STUDY_SERVER_WAIT_SECONDS) -> BaseStorage:
     """The study's storage: the study server when given, else ``url``, else the journal file."""
     if study_server:
         host, port = parse_address(study_server)
