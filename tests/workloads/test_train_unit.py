@@ -131,11 +131,16 @@ def test_regression_reports_rmse_in_target_units(tmp_path: Path, write_manifest:
     assert 30 < result["test_metrics"]["test_rmse"] < 75
 
 
-def test_user_model_from_entrypoint(tmp_path: Path, write_manifest: Any) -> None:
+def _user_models(tmp_path: Path, nets: str) -> None:
+    """A package ``usermodels`` in tmp_path whose ``nets`` module holds ``nets``."""
     package = tmp_path / "usermodels"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "nets.py").write_text(
+    (package / "nets.py").write_text(nets)
+
+
+def test_user_model_from_entrypoint(tmp_path: Path, write_manifest: Any) -> None:
+    _user_models(tmp_path,
         "from torch import nn\n"
         "def build(input_shape, num_outputs, dropout, width=32):\n"
         "    n = 1\n"
@@ -175,10 +180,7 @@ def test_ddp_over_two_processes_gives_the_losses_of_one_process(
     global batch gives the same per-epoch losses as one process. The training rows do not split
     evenly (a padded rank, an odd last batch) and the model has no BatchNorm (on the CPU torch
     cannot synchronize its statistics; on GPUs the trainer uses SyncBatchNorm)."""
-    package = tmp_path / "usermodels"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "nets.py").write_text(
+    _user_models(tmp_path,
         "from torch import nn\n"
         "def build(input_shape, num_outputs, dropout):\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(),\n"
