@@ -72,6 +72,9 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from .controller.kube import block_kubernetes_package
+
+    block_kubernetes_package()  # ~50 MiB less: the operator has its own small client
     import kopf
 
     from .controller.settings import CONFIG_ENV, load_config

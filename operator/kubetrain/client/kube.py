@@ -11,17 +11,17 @@ import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kubernetes import watch
+from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from kubernetes.stream import stream
 
 from .. import __version__
 from ..api.resource import GROUP, PLURAL, VERSION, TrainingJob
 from ..api.status import Phase, TrainingJobStatus
-from ..controller import kube
 from ..controller.builders import LABEL_JOB, LABEL_UNIT
 from ..pipeline.plan import REPORT_UNIT
 from .errors import AlreadyExists, ClientError, Forbidden, InvalidSpec, NotFound
@@ -30,6 +30,19 @@ from .pods import ARTIFACTS_MOUNT, artifact_pod, choose_pod, storage_location
 T = TypeVar("T")
 WATCH_SECONDS = 60  # one watch request; renewed until the job ends or the caller's timeout
 POD_READY_SECONDS = 120
+
+
+@cache
+def _api_client() -> client.ApiClient:
+    """The ``kubernetes`` package's client with the caller's credentials, loaded once (the
+    operator uses its own lighter client: controller/kube.py)."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    api = client.ApiClient()
+    api.user_agent = f"kubetrain/{__version__}"
+    return api
 
 
 def api_error(error: ApiException, what: str) -> ClientError:
@@ -64,8 +77,8 @@ class KubeBackend:
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
-        self.custom = kube.custom()
-        self.core = kube.core()
+        self.custom = client.CustomObjectsApi(_api_client())
+        self.core = client.CoreV1Api(_api_client())
 
     def _what(self, name: str) -> str:
         return f"TrainingJob {self.namespace}/{name}"

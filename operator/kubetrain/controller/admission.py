@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import Any
 
 import kopf
-from kubernetes.client.rest import ApiException
 
 from ..api.resource import GROUP, PLURAL, VERSION, TrainingJob
 from ..api.status import Phase, QueueStatus, Reason, TrainingJobStatus
@@ -171,10 +170,9 @@ class Admissions:
         indexed: Iterable[Entry] = index.get(None, ()) if index is not None else ()
         for entry in self.next_up(leaving, indexed, config.queue_limits()):
             try:
-                kube.custom().patch_namespaced_custom_object(
-                    GROUP, VERSION, entry.namespace, PLURAL, entry.name,
-                    {"metadata": {"annotations": {TURN: at}}})
-            except ApiException as error:  # its timer still admits it, only later
+                kube.api().merge_patch(kube.TRAINING_JOBS, entry.namespace, entry.name,
+                                       {"metadata": {"annotations": {TURN: at}}})
+            except kube.ApiError as error:  # its timer still admits it, only later
                 if error.status != 404:
                     LOG.warning("could not wake %s/%s in the queue: %s %s", entry.namespace,
                                 entry.name, error.status, error.reason)

@@ -10,14 +10,12 @@ Settings come from the operator configuration (settings.py: $KUBETRAIN_CONFIG pl
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubernetes.client.rest import ApiException
 
 from ..api.resource import GROUP, PLURAL, VERSION, ManifestError, parse_training_job
 from ..api.status import Phase, Reason, StagePhase, TrainingJobStatus
@@ -65,17 +63,9 @@ def probe(**_: Any) -> str:
     return "ok"
 
 
-_LISTS = {"Pod": "list_namespaced_pod", "Service": "list_namespaced_service",
-          "ConfigMap": "list_namespaced_config_map"}
-
-
 def _list(kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-    """The children of one kind as plain dicts (camelCase, as the API sends them): decoding
-    the JSON directly costs a fraction of the client's model objects, in time and memory."""
-    response = getattr(kube.core(), _LISTS[kind])(namespace, label_selector=selector,
-                                                  _preload_content=False)
-    items: list[dict[str, Any]] = json.loads(response.data).get("items") or []
-    return items
+    """The children of one kind as plain dicts (camelCase, as the API sends them)."""
+    return kube.api().list(kube.KINDS[kind], namespace, label_selector=selector)
 
 
 def observe(namespace: str, name: str, running_units: list[str]) -> Observed:
@@ -96,11 +86,8 @@ def observe(namespace: str, name: str, running_units: list[str]) -> Observed:
 def _latest_event(namespace: str, pod: str) -> dict[str, Any] | None:
     try:
         # "worker": the unit's own container (a program container beside it prints no events)
-        # The raw body, decoded here: some client versions hand back str(bytes) ("b'...'").
-        response = kube.core().read_namespaced_pod_log(pod, namespace, container="worker",
-                                                       tail_lines=40, _preload_content=False)
-        text = response.data.decode("utf-8", errors="replace")
-    except ApiException:
+        text = kube.api().pod_log(namespace, pod, container="worker", tail_lines=40)
+    except kube.ApiError:
         return None
     latest = None
     for line in text.splitlines():
@@ -111,26 +98,18 @@ def _latest_event(namespace: str, pod: str) -> dict[str, Any] | None:
 
 
 def _create(obj: dict[str, Any], namespace: str) -> None:
-    kind = obj["kind"]
     try:
-        if kind == "Pod":
-            kube.core().create_namespaced_pod(namespace, obj)
-        elif kind == "Service":
-            kube.core().create_namespaced_service(namespace, obj)
-        elif kind == "ConfigMap":
-            kube.core().create_namespaced_config_map(namespace, obj)
-    except ApiException as error:
+        kube.api().create(kube.KINDS[obj["kind"]], namespace, obj)
+    except kube.ApiError as error:
         if error.status != 409:  # already exists: another reconcile got there first
             raise
 
 
 def _delete(kind: str, name: str, namespace: str, grace: int) -> None:
     try:
-        if kind == "Pod":
-            kube.core().delete_namespaced_pod(name, namespace, grace_period_seconds=grace)
-        elif kind == "Service":
-            kube.core().delete_namespaced_service(name, namespace)
-    except ApiException as error:
+        kube.api().delete(kube.KINDS[kind], namespace, name,
+                          grace_period_seconds=grace if kind == "Pod" else None)
+    except kube.ApiError as error:
         if error.status != 404:
             raise
 
@@ -172,8 +151,8 @@ def _apply(decision: Decision, body: kopf.Body, namespace: str, name: str) -> No
 
 def _api_custom_delete(namespace: str, name: str) -> None:
     try:
-        kube.custom().delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    except ApiException as error:
+        kube.api().delete(kube.TRAINING_JOBS, namespace, name)
+    except kube.ApiError as error:
         if error.status != 404:
             raise
 
@@ -224,13 +203,13 @@ def count_phase(event: kopf.RawEvent, **_: Any) -> None:
 
 def _read_prices_config_map(namespace: str, name: str) -> dict[str, str]:
     try:
-        config_map = kube.core().read_namespaced_config_map(name, namespace)
-    except ApiException as error:
+        config_map = kube.api().get(kube.CONFIG_MAPS, namespace, name)
+    except kube.ApiError as error:
         if error.status == 404:
             raise ManifestError([f"spec.findings.cost.priceConfigMap: ConfigMap {name!r} not "
                                  f"found in namespace {namespace!r}"]) from None
         raise
-    return dict(config_map.data or {})
+    return dict(config_map.get("data") or {})
 
 
 def _parse(document: dict[str, Any], namespace: str, name: str,
@@ -292,7 +271,7 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str,
             kopf.event(body, type="Warning", reason="InvalidSpec", message=message[:1000])
         patch.status.update(_status_patch(status))
         return
-    except ApiException as error:
+    except kube.ApiError as error:
         metrics.RECONCILE_ERRORS.labels(reason="ApiError").inc()
         raise kopf.TemporaryError(f"API error {error.status}: {error.reason}", delay=10) \
             from None
@@ -318,7 +297,7 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str,
                 decision.status.phase != Phase.RUNNING:  # finished or suspended: a place frees
             admission.ADMISSIONS.hand_over(job.metadata.uid or "", queue_index, config,
                                            st.timestamp(now))
-    except ApiException as error:
+    except kube.ApiError as error:
         metrics.RECONCILE_ERRORS.labels(reason="ApiError").inc()
         status = job.status or TrainingJobStatus()
         st.set_condition(status, "ReconcileError", "True", Reason.RECONCILE_ERROR,

@@ -49,6 +49,8 @@ from urllib.parse import urlparse
 from prometheus_client import Gauge
 
 from ..api.resource import ManifestError
+from . import kube
+from .kube import LEASES, ApiError
 from .metrics import REGISTRY
 
 LOG = logging.getLogger("kubetrain.leader")
@@ -220,13 +222,18 @@ class LeaseStore(Protocol):
     def delete(self, resource_version: str, timeout: float) -> None: ...
 
 
-def _record(lease: Any) -> LeaseRecord:
-    spec = lease.spec
-    return LeaseRecord(holder=spec.holder_identity or None,
-                       lease_seconds=float(spec.lease_duration_seconds or 0),
-                       acquire_time=spec.acquire_time, renew_time=spec.renew_time,
-                       transitions=int(spec.lease_transitions or 0),
-                       resource_version=lease.metadata.resource_version)
+def _record(lease: dict[str, Any]) -> LeaseRecord:
+    spec = lease.get("spec") or {}
+
+    def when(value: str | None) -> datetime | None:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+    return LeaseRecord(holder=spec.get("holderIdentity") or None,
+                       lease_seconds=float(spec.get("leaseDurationSeconds") or 0),
+                       acquire_time=when(spec.get("acquireTime")),
+                       renew_time=when(spec.get("renewTime")),
+                       transitions=int(spec.get("leaseTransitions") or 0),
+                       resource_version=lease["metadata"]["resourceVersion"])
 
 
 class KubeLeaseStore:
@@ -235,12 +242,7 @@ class KubeLeaseStore:
 
     def __init__(self, name: str, namespace: str, request_timeout: float = 5.0,
                  owner: dict[str, Any] | None = None) -> None:
-        from kubernetes import client
-
-        from . import kube
-
-        kube.core()  # loads the credentials (in-cluster, else kubeconfig) once
-        self._api = client.CoordinationV1Api(client.ApiClient())
+        self._api = kube.Kube(pool_size=2)  # credentials: in a pod, else the kubeconfig
         self._name, self._namespace = name, namespace
         self._timeout = request_timeout
         self._owner = owner
@@ -257,50 +259,39 @@ class KubeLeaseStore:
                 "spec": spec}
 
     def read(self) -> LeaseRecord | None:
-        from kubernetes.client.rest import ApiException
-
         try:
-            return _record(self._api.read_namespaced_lease(self._name, self._namespace,
-                                                           _request_timeout=self._timeout))
-        except ApiException as error:
+            return _record(self._api.get(LEASES, self._namespace, self._name,
+                                         timeout=self._timeout))
+        except ApiError as error:
             if error.status == 404:
                 return None
             raise
 
     def create(self, spec: dict[str, Any]) -> LeaseRecord:
-        from kubernetes.client.rest import ApiException
-
         try:
-            return _record(self._api.create_namespaced_lease(
-                self._namespace, self._body(spec), _request_timeout=self._timeout))
-        except ApiException as error:
+            return _record(self._api.create(LEASES, self._namespace, self._body(spec),
+                                            timeout=self._timeout))
+        except ApiError as error:
             if error.status == 409:
                 raise Conflict("the Lease was created by another replica") from None
             raise
 
     def replace(self, spec: dict[str, Any], resource_version: str,
                 timeout: float) -> LeaseRecord:
-        from kubernetes.client.rest import ApiException
-
         try:
-            return _record(self._api.replace_namespaced_lease(
-                self._name, self._namespace, self._body(spec, resource_version),
-                _request_timeout=max(timeout, 0.1)))
-        except ApiException as error:
+            return _record(self._api.replace(LEASES, self._namespace, self._name,
+                                             self._body(spec, resource_version),
+                                             timeout=max(timeout, 0.1)))
+        except ApiError as error:
             if error.status == 409:
                 raise Conflict("the Lease changed since it was read") from None
             raise
 
     def delete(self, resource_version: str, timeout: float) -> None:
-        from kubernetes import client
-        from kubernetes.client.rest import ApiException
-
-        options = client.V1DeleteOptions(
-            preconditions=client.V1Preconditions(resource_version=resource_version))
         try:
-            self._api.delete_namespaced_lease(self._name, self._namespace, body=options,
-                                              _request_timeout=max(timeout, 0.1))
-        except ApiException as error:
+            self._api.delete(LEASES, self._namespace, self._name,
+                             resource_version=resource_version, timeout=max(timeout, 0.1))
+        except ApiError as error:
             if error.status == 409:
                 raise Conflict("the Lease changed since it was read") from None
             if error.status != 404:

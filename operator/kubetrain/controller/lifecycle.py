@@ -18,18 +18,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.rest import ApiException
-
-from ..api.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from ..api.resource import API_VERSION, KIND
 from . import kube
+from .kube import TRAINING_JOBS, ApiError
 
 
-def _jobs(api: client.CustomObjectsApi, namespaces: list[str]) -> list[tuple[str, str]]:
-    lists: list[Any] = (
-        [api.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL) for ns in namespaces]
-        if namespaces else [api.list_cluster_custom_object(GROUP, VERSION, PLURAL)])
-    items = [item for listed in lists for item in listed["items"]]
+def _jobs(api: kube.Kube, namespaces: list[str]) -> list[tuple[str, str]]:
+    items = ([item for ns in namespaces for item in api.list(TRAINING_JOBS, ns)]
+             if namespaces else api.list(TRAINING_JOBS))
     return [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items]
 
 
@@ -49,11 +45,11 @@ def delete_training_jobs(namespaces: list[str], timeout: float,
 
     Returns how many were deleted; raises TimeoutError naming those left after ``timeout``.
     """
-    api = kube.custom()
+    api = kube.api()
     where = ", ".join(namespaces) if namespaces else "all namespaces"
     try:
         jobs = _jobs(api, namespaces)
-    except ApiException as error:
+    except ApiError as error:
         if error.status != 404:
             raise
         log(f"no TrainingJob resource in {where} (the CRD is gone): nothing to delete")
@@ -61,9 +57,9 @@ def delete_training_jobs(namespaces: list[str], timeout: float,
     log(f"{len(jobs)} TrainingJob(s) in {where}")
     for namespace, name in jobs:
         try:
-            api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            api.delete(TRAINING_JOBS, namespace, name)
             log(f"deleting {namespace}/{name}")
-        except ApiException as error:
+        except ApiError as error:
             if error.status != 404:
                 raise
     left: list[tuple[str, str]] = jobs
@@ -112,7 +108,7 @@ def check_installation(health_url: str, metrics_url: str | None, namespace: str 
 
 def _check_reconcile(namespace: str, timeout: float, log: Callable[[str], None]) -> list[str]:
     """A suspended TrainingJob must reach phase Suspended, then be deleted cleanly."""
-    api = kube.custom()
+    api = kube.api()
     name = f"kubetrain-check-{uuid.uuid4().hex[:6]}"
     body: dict[str, Any] = {
         "apiVersion": API_VERSION, "kind": KIND,
@@ -123,13 +119,13 @@ def _check_reconcile(namespace: str, timeout: float, log: Callable[[str], None])
                  "storage": {"pvc": "kubetrain-check"},
                  "runPolicy": {"suspend": True}},
     }
-    api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    api.create(TRAINING_JOBS, namespace, body)
     problems = []
     phase: str | None = None
 
     def suspended() -> bool:
         nonlocal phase
-        obj: Any = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        obj: Any = api.get(TRAINING_JOBS, namespace, name)
         phase = (obj.get("status") or {}).get("phase")
         return phase == "Suspended"
 
@@ -138,12 +134,12 @@ def _check_reconcile(namespace: str, timeout: float, log: Callable[[str], None])
     else:
         problems.append(f"TrainingJob {namespace}/{name} not reconciled within {timeout:.0f}s "
                         f"(phase {phase!r}, expected 'Suspended'): is {namespace} watched?")
-    api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    api.delete(TRAINING_JOBS, namespace, name)
 
     def deleted() -> bool:
         try:
-            api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as error:
+            api.get(TRAINING_JOBS, namespace, name)
+        except ApiError as error:
             if error.status == 404:
                 return True
             raise
