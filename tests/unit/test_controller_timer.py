@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubetrain.controller.handlers import _is_active
+from kubetrain.api.status import Reason, TrainingJobStatus
+from kubetrain.controller.handlers import _is_active, recovered
+from kubetrain.pipeline.status import set_condition
 
 
 def body(phase: str | None, **run_policy: Any) -> dict[str, Any]:
@@ -27,3 +29,15 @@ def body(phase: str | None, **run_policy: Any) -> dict[str, Any]:
 def test_the_timer_runs_only_while_something_can_change(job: dict[str, Any],
                                                          active: bool) -> None:
     assert _is_active(job) is active  # type: ignore[arg-type]
+
+
+def test_a_reconcile_that_goes_through_ends_an_earlier_reconcile_error() -> None:
+    status = TrainingJobStatus()
+    set_condition(status, "ReconcileError", "True", Reason.RECONCILE_ERROR,
+                  "API error 0: no answer from the API server", "2026-11-30T10:00:00Z")
+    recovered(status, "2026-11-30T10:01:00Z")
+    (condition,) = status.conditions
+    assert (condition.status, condition.last_transition_time) == ("False", "2026-11-30T10:01:00Z")
+    assert "API error 0" in condition.message
+    recovered(status, "2026-11-30T10:02:00Z")  # nothing to end: unchanged
+    assert condition.last_transition_time == "2026-11-30T10:01:00Z"

@@ -138,6 +138,15 @@ def status_patch_if_changed(before: TrainingJobStatus | None,
     return None if before is not None and patch == _status_patch(before) else patch
 
 
+def recovered(status: TrainingJobStatus, at: str) -> None:
+    """A reconcile that went through ends an earlier ReconcileError (it stays, False, with
+    the last error in its message: an outage the job rode out stays on record)."""
+    for condition in status.conditions:
+        if condition.type == "ReconcileError" and condition.status == "True":
+            st.set_condition(status, "ReconcileError", "False", Reason.RECONCILE_ERROR,
+                             f"reconciled again after: {condition.message}", at)
+
+
 def _apply(decision: Decision, body: kopf.Body, namespace: str, name: str) -> None:
     for obj in decision.create:
         _create(obj, namespace)
@@ -306,6 +315,7 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str,
         raise kopf.TemporaryError(f"API error {error.status}: {error.reason}", delay=10) \
             from None
     if not decision.delete_job:
+        recovered(decision.status, st.timestamp(now))
         changed = status_patch_if_changed(before, decision.status)
         if changed is not None:
             patch.status.update(changed)

@@ -203,7 +203,8 @@ class Kube:
                                         headers=headers, preload_content=True,
                                         timeout=urllib3.Timeout(total=timeout or self.timeout))
             except urllib3.exceptions.HTTPError as error:
-                raise ApiError(0, type(error).__name__, str(error)) from None
+                raise ApiError(0, f"no answer from the API server ({type(error).__name__})",
+                               str(error)) from None
             if response.status == 401 and attempt == 1:
                 self._relogin()  # a rotated service-account token
                 continue
