@@ -90,14 +90,15 @@ class Credentials:
     verify: bool = True  # False: insecure-skip-tls-verify
 
 
-def _pem_file(data: str | bytes, directory: str, name: str) -> str:
-    """A kubeconfig's base64 ``*-data`` field as a file (the ssl module loads files only)."""
+def _pem_file(data: str | bytes, name: str) -> str:
+    """A kubeconfig's base64 ``*-data`` field as a file (the ssl module loads files only).
+    Only then is a temporary folder made: a pod's root filesystem may be read-only."""
     raw = data if isinstance(data, bytes) else data.encode()
     try:
         pem = base64.b64decode(raw, validate=True)
     except ValueError:
         pem = raw  # already PEM
-    path = os.path.join(directory, name)
+    path = os.path.join(tempfile.mkdtemp(prefix="kubetrain-kube-"), name)
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
         handle.write(pem)
     return path
@@ -144,19 +145,18 @@ def load_credentials() -> Credentials:
                              f"does not run: {plugin}; use a client certificate or a token")
     if not info.server.startswith("https:"):
         return Credentials(info.server.rstrip("/"), headers, None)
-    directory = tempfile.mkdtemp(prefix="kubetrain-kube-")
     context = ssl.create_default_context(
         cafile=(str(info.ca_path) if info.ca_path else
-                _pem_file(info.ca_data, directory, "ca.crt") if info.ca_data else None))
+                _pem_file(info.ca_data, "ca.crt") if info.ca_data else None))
     if info.insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     certificate = (str(info.certificate_path) if info.certificate_path else
-                   _pem_file(info.certificate_data, directory, "client.crt")
+                   _pem_file(info.certificate_data, "client.crt")
                    if info.certificate_data else None)
     if certificate:
         key = (str(info.private_key_path) if info.private_key_path else
-               _pem_file(info.private_key_data, directory, "client.key")
+               _pem_file(info.private_key_data, "client.key")
                if info.private_key_data else None)
         context.load_cert_chain(certificate, key)
     return Credentials(info.server.rstrip("/"), headers, context, verify=not info.insecure)
