@@ -138,12 +138,15 @@ def status_patch_if_changed(before: TrainingJobStatus | None,
     return None if before is not None and patch == _status_patch(before) else patch
 
 
+RECONCILE_ERROR = "ReconcileError"  # the condition's type (its reason has the same name)
+
+
 def recovered(status: TrainingJobStatus, at: str) -> None:
     """A reconcile that went through ends an earlier ReconcileError (it stays, False, with
     the last error in its message: an outage the job rode out stays on record)."""
     for condition in status.conditions:
-        if condition.type == "ReconcileError" and condition.status == "True":
-            st.set_condition(status, "ReconcileError", "False", Reason.RECONCILE_ERROR,
+        if condition.type == RECONCILE_ERROR and condition.status == "True":
+            st.set_condition(status, RECONCILE_ERROR, "False", Reason.RECONCILE_ERROR,
                              f"reconciled again after: {condition.message}", at)
 
 
@@ -309,7 +312,7 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str,
     except kube.ApiError as error:
         metrics.RECONCILE_ERRORS.labels(reason="ApiError").inc()
         status = job.status or TrainingJobStatus()
-        st.set_condition(status, "ReconcileError", "True", Reason.RECONCILE_ERROR,
+        st.set_condition(status, RECONCILE_ERROR, "True", Reason.RECONCILE_ERROR,
                          f"API error {error.status}: {error.reason}", st.timestamp(now))
         patch.status.update(_status_patch(status))
         raise kopf.TemporaryError(f"API error {error.status}: {error.reason}", delay=10) \

@@ -90,6 +90,11 @@ class Credentials:
     verify: bool = True  # False: insecure-skip-tls-verify
 
 
+@cache
+def _scratch() -> str:
+    return tempfile.mkdtemp(prefix="kubetrain-kube-")
+
+
 def _pem_file(data: str | bytes, name: str) -> str:
     """A kubeconfig's base64 ``*-data`` field as a file (the ssl module loads files only).
     Only then is a temporary folder made: a pod's root filesystem may be read-only."""
@@ -98,7 +103,7 @@ def _pem_file(data: str | bytes, name: str) -> str:
         pem = base64.b64decode(raw, validate=True)
     except ValueError:
         pem = raw  # already PEM
-    path = os.path.join(tempfile.mkdtemp(prefix="kubetrain-kube-"), name)
+    path = os.path.join(_scratch(), name)
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
         handle.write(pem)
     return path
@@ -192,27 +197,29 @@ class Kube:
         """The response's body; ApiError for an error status (or no answer: status 0)."""
         url = path + ("?" + urlencode(query) if query else "")
         payload = None if body is None else json.dumps(body).encode()
-        for attempt in (1, 2):
-            credentials, http = self._credentials, self._http
-            headers = {**credentials.headers, "User-Agent": self.user_agent,
-                       "Accept": "application/json"}
-            if payload is not None:
-                headers["Content-Type"] = content_type
-            try:
-                response = http.request(method, credentials.server + url, body=payload,
-                                        headers=headers, preload_content=True,
-                                        timeout=urllib3.Timeout(total=timeout or self.timeout))
-            except urllib3.exceptions.HTTPError as error:
-                raise ApiError(0, f"no answer from the API server ({type(error).__name__})",
-                               str(error)) from None
-            if response.status == 401 and attempt == 1:
-                self._relogin()  # a rotated service-account token
-                continue
-            if response.status >= 400:
-                raise _error(response.status, response.reason or "", response.data)
-            data: bytes = response.data
-            return data
-        raise AssertionError("unreachable")
+        send = urllib3.Timeout(total=timeout or self.timeout)
+        response = self._send(method, url, payload, content_type, send)
+        if response.status == 401:  # a rotated service-account token: log in again, once
+            self._relogin()
+            response = self._send(method, url, payload, content_type, send)
+        if response.status >= 400:
+            raise _error(response.status, response.reason or "", response.data)
+        data: bytes = response.data
+        return data
+
+    def _send(self, method: str, url: str, payload: bytes | None, content_type: str,
+              timeout: urllib3.Timeout) -> urllib3.BaseHTTPResponse:
+        credentials, http = self._credentials, self._http
+        headers = {**credentials.headers, "User-Agent": self.user_agent,
+                   "Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = content_type
+        try:
+            return http.request(method, credentials.server + url, body=payload,
+                                headers=headers, preload_content=True, timeout=timeout)
+        except urllib3.exceptions.HTTPError as error:
+            raise ApiError(0, f"no answer from the API server ({type(error).__name__})",
+                           str(error)) from None
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.request(method, path, **kwargs) or b"{}")
