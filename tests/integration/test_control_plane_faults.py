@@ -275,7 +275,8 @@ def test_operator_rides_out_a_control_plane_outage(
         assert at_fault < status["training"]["epoch"] == 120
         figures["epochs_lost"] = _epochs_lost(status, at_fault)
     else:
-        assert status["tuning"]["trials"]["complete"] == 3
+        assert status["tuning"]["trials"]["complete"] == 3, json.dumps(
+            {"tuning": status["tuning"], "units": status["stages"]["tuning"]["units"]})[:3000]
         figures["trials_replaced"] = sum(
             1 for u in status["stages"]["tuning"]["units"].values() if u.get("replaced"))
     figures["children_created"] = children.created()

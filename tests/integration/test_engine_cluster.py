@@ -112,9 +112,11 @@ def test_budget_stop_removes_running_pods_and_fails_with_the_cost(namespace: str
         # asked in the reconcile that found the budget spent (timestamps are to the second)
         assert (asked - stopped_at).total_seconds() <= TIMER_SECONDS + 1
     # Gone once the kubelet has stopped it: two observation intervals, the grace period, and
-    # the kubelet's teardown, which took up to ~12 s on this 2-core node under a CI run and
-    # 29 s with a second test run beside it (when the operator asked is checked above).
-    assert gone_after <= 2 * TIMER_SECONDS + BUDGET_GRACE_SECONDS + 30, gone_after
+    # the kubelet's teardown, which took ~12 s on this 2-core node in one CI run, 29 s with a
+    # second test run beside it and 33 s in another CI run (44 s in all). When the operator
+    # asked, the operator's part, is checked above to the second; this bound is the kubelet's
+    # and only catches a pod left running.
+    assert gone_after <= 2 * TIMER_SECONDS + BUDGET_GRACE_SECONDS + 60, gone_after
 
 
 def test_a_deleted_trial_pod_is_replaced_and_the_sweep_reaches_its_count(
