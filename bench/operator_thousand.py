@@ -118,6 +118,12 @@ def check(namespace: str, bodies: list[dict[str, Any]], real: int, own: Own) -> 
             "real_with_children": real_ok, "duplicate_or_unexpected_pods": extra}
 
 
+def snapshot(namespace: str, own: Own) -> dict[str, tuple[str, Any]]:
+    """Job name → (resourceVersion, status)."""
+    return {j["metadata"]["name"]: (j["metadata"]["resourceVersion"], j.get("status"))
+            for j in own.get("trainingjobs", namespace)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
@@ -149,9 +155,13 @@ def main() -> None:
     m1 = api_requests()
     admission = diff(m1, m0, own.calls)
     own.calls.clear()
+    before_idle = snapshot(namespace, own)
     time.sleep(args.idle)
+    after_idle = snapshot(namespace, own)
     m2 = api_requests()
     idle = diff(m2, m1, own.calls)
+    written = [n for n, (version, _) in after_idle.items()
+               if before_idle.get(n, ("", None))[0] != version]
     rss_idle = operator.rss_mib
     final = check(namespace, bodies, args.real, own)
     own.calls.clear()
@@ -182,6 +192,11 @@ def main() -> None:
         "idle_requests_per_second": round(sum(idle.values()) / args.idle, 2),
         "idle_status_patches": sum(n for (r, v, _), n in idle.items()
                                    if r.startswith("trainingjobs") and v == "PATCH"),
+        # Jobs written while idle, and those of them whose status is the same before and after:
+        # a write that changed nothing (a real job's status may record its pods' progress).
+        "idle_jobs_written": len(written),
+        "idle_writes_without_change": sum(1 for n in written
+                                          if after_idle[n][1] == before_idle[n][1]),
     }
     print(json.dumps(result, indent=1))
     if args.json:
