@@ -100,6 +100,11 @@ def _metadata(job: TrainingJob, name: str, lab: dict[str, str]) -> dict[str, Any
             "ownerReferences": [owner_reference(job)]}
 
 
+# libyaml's emitter when PyYAML has it (the same text, ~4x faster: a job's ConfigMap is on the
+# way to its first children), else PyYAML's own.
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def job_config_map(job: TrainingJob) -> dict[str, Any]:
     """The manifest the work units read with --job (the spec as applied, no status)."""
     manifest = job.to_manifest()
@@ -109,7 +114,7 @@ def job_config_map(job: TrainingJob) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": _metadata(job, child_name(job.metadata.name, "job"), labels(job)),
-        "data": {"job.yaml": yaml.safe_dump(manifest, sort_keys=False)},
+        "data": {"job.yaml": yaml.dump(manifest, Dumper=_DUMPER, sort_keys=False)},
     }
 
 

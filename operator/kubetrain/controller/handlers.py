@@ -201,8 +201,9 @@ def _is_active(body: kopf.Body, **_: Any) -> bool:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def count_phase(event: kopf.RawEvent, **_: Any) -> None:
-    """Keep the metrics' jobs-by-phase gauge; event handlers add no finalizer."""
+async def count_phase(event: kopf.RawEvent, **_: Any) -> None:
+    """Keep the metrics' jobs-by-phase gauge; event handlers add no finalizer. Async: kopf runs
+    it on its loop for every watch event, not through its thread pool (it only sets a gauge)."""
     obj = event.get("object") or {}
     uid = (obj.get("metadata") or {}).get("uid")
     if not uid:
