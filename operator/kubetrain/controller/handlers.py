@@ -24,6 +24,7 @@ from ..report import parse_event
 from . import admission, kube, metrics
 from . import builders as b
 from .observe import Observed, pod_view
+from .posting import EVENTS, kopf_event
 from .reconcile import Decision, reconcile
 from .settings import OperatorConfig, current_config, resolve_prices
 
@@ -155,8 +156,9 @@ def _apply(decision: Decision, body: kopf.Body, namespace: str, name: str) -> No
         _create(obj, namespace)
     for kind, child, grace in decision.delete:
         _delete(kind, child, namespace, grace)
-    for event in decision.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1000])
+    for event in decision.events:  # after the children, and after other jobs' (posting.py)
+        EVENTS.hold(kopf_event(body, type=event.type, reason=event.reason,
+                               message=event.message[:1000]))
     if decision.delete_job:
         _api_custom_delete(namespace, name)
 
@@ -254,6 +256,7 @@ def reconcile_handler(body: kopf.Body, patch: kopf.Patch, namespace: str | None,
     """The single reconcile of a TrainingJob; the decision itself is pure (reconcile.py)."""
     started = time.perf_counter()
     metrics.RECONCILES.inc()
+    EVENTS.begin()
     try:
         _reconcile(body, patch, namespace or "default", name, kwargs.get(admission.INDEX))
     except kopf.TemporaryError:
@@ -262,6 +265,7 @@ def reconcile_handler(body: kopf.Body, patch: kopf.Patch, namespace: str | None,
         metrics.RECONCILE_ERRORS.labels(reason="Unexpected").inc()
         raise
     finally:
+        EVENTS.end()
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
 
