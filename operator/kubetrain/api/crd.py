@@ -166,6 +166,12 @@ def build_crd() -> dict[str, Any]:
     """The TrainingJob CustomResourceDefinition, as a dict ready for YAML or the API."""
     spec = openapi_schema(TrainingJobSpec, "spec")
     status = openapi_schema(TrainingJobStatus, "status")
+    status["properties"]["kopf"] = {
+        "description": "The operator's own bookkeeping (kopf): the last handled spec, and the "
+        "progress of a reconcile being retried.",
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
     root = {
         "description": "A deep-learning training pipeline: data, augmentation, tuning, training "
         "and explanation, with overfitting and cost findings in its status.",

@@ -37,13 +37,40 @@ TIMER_SECONDS = current_config().timer_seconds
 API_ERROR_BACKOFFS = (1.0, 1.0, 2.0, 3.0, 5.0, *(10.0,) * 29)
 
 
+LEGACY_DIFFBASE = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
+"""Where earlier operators kept the handled spec (an annotation): still read, never written."""
+
+
+class StatusDiffBase(kopf.StatusDiffBaseStorage):
+    """kopf's record of the last handled spec, in ``status.kopf`` (written in the same PATCH as
+    the status, where an annotation took a PATCH of its own). A job handled by an earlier
+    operator is read from its annotation, so an upgrade resumes it instead of creating it
+    again; kopf's old annotations (``kubetrain.io/...``) stay out of the essence, as before."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        annotations = essence.get("metadata", {}).get("annotations", {})
+        for key in [k for k in annotations if k.startswith(f"{GROUP}/")]:
+            del annotations[key]
+        if "annotations" in essence.get("metadata", {}) and not annotations:
+            del essence["metadata"]["annotations"]
+        if "metadata" in essence and not essence["metadata"]:
+            del essence["metadata"]
+        return essence
+
+    def fetch(self, *, body: kopf.Body) -> Any:
+        found = super().fetch(body=body)
+        return found if found is not None else LEGACY_DIFFBASE.fetch(body=body)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Our own prefixes, so kubetrain never collides with another kopf operator's state.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration")
+    # kopf's state in the status (status.kopf), not in annotations: a job's first handling then
+    # costs one PATCH (the status with kopf's record of the handled spec), not two.
+    settings.persistence.progress_storage = kopf.StatusProgressStorage()
+    settings.persistence.diffbase_storage = StatusDiffBase()
     # Watches are re-established every 2 minutes: a silently dropped connection costs at most
     # that, instead of hanging forever (kopf's default has no timeout).
     settings.watching.server_timeout = 120
