@@ -30,6 +30,7 @@ from kubetrain.pipeline.plan import target_trials, trial_seed
 from kubetrain.report import MAX_RESULT_BYTES, parse_event
 from kubetrain.tuning import space as sp
 from kubetrain.tuning import study as st
+from kubetrain.tuning.grpc_proxy import StudyServerProxy
 from kubetrain.workloads import trial as trial_unit
 from kubetrain.workloads import tune as tune_unit
 from pydantic import ValidationError
@@ -641,7 +642,7 @@ def test_study_server_calls_wait_for_a_server_that_is_away(tmp_path: Path,
     with pytest.raises(grpc.RpcError) as failed:
         optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port).get_all_studies()
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
-    proxy = st.StudyServerProxy(host="127.0.0.1", port=port, wait_seconds=120)
+    proxy = StudyServerProxy(host="127.0.0.1", port=port, wait_seconds=120)
     answers: list[list[str]] = []
 
     def ask() -> None:
@@ -664,7 +665,7 @@ def test_study_server_calls_wait_for_a_server_that_is_away(tmp_path: Path,
             if server.poll() is None:
                 server.kill()
     with pytest.raises(grpc.RpcError) as late:  # nobody there for good: it gives up in time
-        st.StudyServerProxy(host="127.0.0.1", port=port, wait_seconds=2).get_all_studies()
+        StudyServerProxy(host="127.0.0.1", port=port, wait_seconds=2).get_all_studies()
     assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 

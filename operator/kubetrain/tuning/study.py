@@ -14,9 +14,8 @@ import time
 import warnings
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import grpc
 import optuna
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
@@ -169,64 +168,17 @@ def parse_address(address: str) -> tuple[str, int]:
 # test node), and the trials must ride that out (tests/integration/test_control_plane_faults.py).
 STUDY_SERVER_WAIT_SECONDS = 180.0
 
-# gRPC's default reconnect backoff grows to 120 s and a connection attempt may hang 20 s: a trial
-# whose study server was unreachable for a minute would then wait minutes more after it came
-# back (a CI run's two trials gave up at the 180 s mark, their server reachable for 2 of those
-# minutes). Short, capped backoff: a reachable server is found again within ~5 s.
-_CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 500),
-                    ("grpc.min_reconnect_backoff_ms", 2000),
-                    ("grpc.max_reconnect_backoff_ms", 5000))
-
-
-class _CallDetails(NamedTuple):
-    method: str
-    timeout: float | None
-    metadata: Any
-    credentials: Any
-    wait_for_ready: bool | None
-    compression: Any
-
-
-class _WaitForReady(grpc.UnaryUnaryClientInterceptor):
-    """Every call waits (up to ``seconds``) for the server to be reachable instead of failing at
-    once while the channel reconnects."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        timeout = details.timeout if details.timeout is not None else self.seconds
-        waiting = _CallDetails(details.method, timeout, details.metadata, details.credentials,
-                               True, getattr(details, "compression", None))
-        return continuation(waiting, request)
-
-
-class StudyServerProxy(optuna.storages.GrpcStorageProxy):
-    """Optuna's ``GrpcStorageProxy`` whose calls ride out a study server that is unreachable for
-    a while (its pod restarting, its Service not yet routed): each waits up to
-    ``wait_seconds`` for the connection, reconnecting with a short backoff."""
-
-    def __init__(self, *, host: str, port: int,
-                 wait_seconds: float = STUDY_SERVER_WAIT_SECONDS) -> None:
-        self._wait_seconds = wait_seconds
-        super().__init__(host=host, port=port)
-
-    def _setup(self) -> None:
-        super()._setup()  # Optuna's channel, stub and cache; the stub is remade over ours
-        self._channel.close()
-        channel = grpc.insecure_channel(f"{self._host}:{self._port}", options=[
-            ("grpc.max_receive_message_length", -1), *_CHANNEL_OPTIONS])
-        self._channel = grpc.intercept_channel(channel, _WaitForReady(self._wait_seconds))
-        self._stub = type(self._stub)(self._channel)
-        self._cache = type(self._cache)(self._stub)
-
-
 def open_storage(storage_dir: Path, *, study_server: str | None = None,
                  url: str | None = None,
                  wait_seconds: float = STUDY_SERVER_WAIT_SECONDS) -> BaseStorage:
     """The study's storage: the study server when given, else ``url``, else the journal file."""
     if study_server:
         host, port = parse_address(study_server)
+        # Imported here: grpc stays out of processes that never reach a study server (the
+        # local run's own process among them: with grpc loaded there, Ctrl-C did not stop it
+        # under load in a CI dry run).
+        from .grpc_proxy import StudyServerProxy
+
         with warnings.catch_warnings():  # experimental in Optuna; chosen knowingly (DESIGN)
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             proxy = StudyServerProxy(host=host, port=port, wait_seconds=wait_seconds)
