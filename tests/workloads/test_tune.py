@@ -11,16 +11,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import optuna
 import pytest
 import yaml
@@ -30,7 +27,6 @@ from kubetrain.pipeline.plan import target_trials, trial_seed
 from kubetrain.report import MAX_RESULT_BYTES, parse_event
 from kubetrain.tuning import space as sp
 from kubetrain.tuning import study as st
-from kubetrain.tuning.grpc_proxy import StudyServerProxy
 from kubetrain.workloads import trial as trial_unit
 from kubetrain.workloads import tune as tune_unit
 from pydantic import ValidationError
@@ -582,91 +578,6 @@ def test_the_optuna_backend_runs_no_sweep_inside_the_tune_unit(tmp_path: Path,
     code, _, result, stderr = run_unit(write_manifest(sweep_manifest()), tmp_path / "storage")
     assert code == 2 and result == {}
     assert "--summarize" in stderr and "kubetrain.workloads.trial" in stderr
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_a_trial_and_the_summary_reach_the_study_through_the_study_server(
-        tmp_path: Path, write_manifest: Any) -> None:
-    manifest = sweep_manifest()
-    job, storage, port = write_manifest(manifest), tmp_path / "storage", _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "kubetrain.tuning.serve", "--storage", str(storage),
-         "--port", str(port), "--host", "127.0.0.1", "--job", str(job)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        address = f"127.0.0.1:{port}"
-        trial = subprocess.run(
-            [sys.executable, "-m", "kubetrain.workloads.trial", "--job", str(job),
-             "--storage", str(storage), "--study", "test-job", "--study-server", address,
-             "--sampler-seed", "0"],
-            capture_output=True, text=True, timeout=300)
-        assert trial.returncode == 0, trial.stderr[-3000:]
-        events = [e for e in map(parse_event, trial.stdout.splitlines()) if e]
-        assert events[0]["event"] == "trial" and events[0]["state"] == "running"
-        result = events[-1]["summary"]
-        assert result["state"] == "complete" and result["epochs_run"] == 2
-        code, _, summary, stderr = run_unit(job, storage, "--summarize",
-                                            "--study-server", address)
-        assert code == 0, stderr[-3000:]
-        assert summary["trials"]["complete"] == 1 and summary["orphaned_failed"] == []
-        assert summary["best"] == {"trial": 0, "params": result["params"],
-                                   "value": result["value"]}
-    finally:
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0, server.stderr and server.stderr.read()
-    # The server wrote the journal in the job's storage: the study outlives it.
-    stored = open_study(storage).trials
-    assert [(t.number, t.state, t.value) for t in stored] == [
-        (0, optuna.trial.TrialState.COMPLETE, result["value"])]
-    assert stored[0].intermediate_values.keys() == {1, 2}
-
-
-def _study_server(job: Path, storage: Path, port: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "kubetrain.tuning.serve", "--storage", str(storage),
-         "--port", str(port), "--host", "127.0.0.1", "--job", str(job)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def test_study_server_calls_wait_for_a_server_that_is_away(tmp_path: Path,
-                                                           write_manifest: Any) -> None:
-    """A trial's calls wait for a study server that is not there yet, or is gone for a while
-    (a pod restarting, a Service routed late after an API-server outage), instead of failing:
-    Optuna's own proxy fails at once."""
-    job, storage, port = write_manifest(sweep_manifest()), tmp_path / "storage", _free_port()
-    with pytest.raises(grpc.RpcError) as failed:
-        optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port).get_all_studies()
-    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
-    proxy = StudyServerProxy(host="127.0.0.1", port=port, wait_seconds=120)
-    answers: list[list[str]] = []
-
-    def ask() -> None:
-        answers.append([s.study_name for s in proxy.get_all_studies()])
-
-    servers = []
-    try:
-        for _ in range(2):  # first not started yet, then stopped and started again
-            caller = threading.Thread(target=ask)
-            caller.start()
-            caller.join(3)
-            assert caller.is_alive() and not answers[len(servers):], "the call did not wait"
-            servers.append(_study_server(job, storage, port))
-            caller.join(90)
-            assert answers[len(servers) - 1] == ["test-job"]
-            servers[-1].send_signal(signal.SIGTERM)
-            assert servers[-1].wait(timeout=30) == 0, servers[-1].stderr.read()
-    finally:
-        for server in servers:
-            if server.poll() is None:
-                server.kill()
-    with pytest.raises(grpc.RpcError) as late:  # nobody there for good: it gives up in time
-        StudyServerProxy(host="127.0.0.1", port=port, wait_seconds=2).get_all_studies()
-    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 @pytest.mark.slow

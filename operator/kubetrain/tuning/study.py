@@ -168,6 +168,7 @@ def parse_address(address: str) -> tuple[str, int]:
 # test node), and the trials must ride that out (tests/integration/test_control_plane_faults.py).
 STUDY_SERVER_WAIT_SECONDS = 180.0
 
+
 def open_storage(storage_dir: Path, *, study_server: str | None = None,
                  url: str | None = None,
                  wait_seconds: float = STUDY_SERVER_WAIT_SECONDS) -> BaseStorage:
