@@ -15,7 +15,12 @@ watches opened before the jobs are created: no polling load on the machine). The
 runs as ``kubetrain operator -n NS`` in its own process; its peak RSS is sampled. The pods'
 image is never pulled: the benchmark measures the control plane, not training.
 
-    python bench/operator_scale.py [--jobs 50] [--case training|digits|both] [--json FILE]
+Each case runs the floor and the operator in turns (``--repeat``, 3 by default) and reports the
+ratio of their medians, each run's figures beside it, and the CPU seconds the control plane's
+processes, the benchmark and the operator used while the jobs were admitted (medians).
+
+    python bench/operator_scale.py [--jobs 50] [--case training|digits|both] [--repeat 3]
+                                   [--json FILE]
 
 Needs a cluster (KUBECONFIG, or the machine's /var/lib/localk8s/env) with the CRD applicable.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -134,7 +140,7 @@ class ChildWatch:
         try:
             for event in stream.stream(lister, namespace, label_selector=builders.LABEL_JOB,
                                        resource_version=version, timeout_seconds=600):
-                if event["type"] == "ADDED":
+                if event["type"] == "ADDED" and event.get("raw_object"):
                     self._seen(kind, [event["raw_object"]["metadata"]["name"]])
         except HTTPError:  # the stream cut when the namespace goes (after the measurement)
             return
@@ -159,6 +165,38 @@ class ChildWatch:
     def stop(self) -> None:
         for stream in self._watches:
             stream.stop()
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kubelet")
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system, its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+class CpuWindow:
+    """CPU seconds spent during a window by the control plane's processes on this machine
+    (found by name: a local cluster), the benchmark's own process and, when given, the
+    operator's: where the 2 cores went while the jobs were admitted."""
+
+    def __init__(self, operator_pid: int | None = None) -> None:
+        self.pids = {name: pid for name in CONTROL_PLANE if (pid := _pid_of(name))}
+        self.pids["benchmark"] = os.getpid()
+        if operator_pid is not None:
+            self.pids["operator"] = operator_pid
+        self.start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> dict[str, float]:
+        return {name: round(cpu_seconds(pid) - self.start[name], 2)
+                for name, pid in self.pids.items()}
+
+
+def _pid_of(name: str) -> int | None:
+    found = subprocess.run(["pgrep", "-x", name[:15]], capture_output=True, text=True).stdout
+    return int(found.split()[0]) if found.split() else None
 
 
 def fresh_namespace(namespace: str) -> None:
@@ -203,7 +241,7 @@ class Operator:
 
 def delete_jobs(namespace: str) -> None:
     """Delete while the operator runs, so its finalizers are cleared."""
-    kubectl("delete", "trainingjobs", "--all", "-n", namespace, "--wait=true",
+    kubectl("delete", "trainingjobs.kubetrain.io", "--all", "-n", namespace, "--wait=true",
             "--timeout=300s", check=False)
 
 
@@ -213,17 +251,19 @@ def run_operator(namespace: str, bodies: list[dict[str, Any]]) -> dict[str, floa
     operator = Operator(namespace)
     time.sleep(6)  # the operator is up and watching
     children = ChildWatch(namespace, expected)
+    cpu = CpuWindow(operator.process.pid)
     started = time.perf_counter()
     create_jobs(namespace, bodies)  # as the floor creates them, so only the children differ
     applied = time.perf_counter() - started
     done_at = children.wait(timeout=300)
+    cpu_used = cpu.stop()
     elapsed = (done_at if done_at is not None else time.perf_counter()) - started
     done = children.jobs_with_children()
     children.stop()
     delete_jobs(namespace)
     operator.stop()
     return {"seconds": elapsed, "apply_seconds": applied, "jobs_with_children": done,
-            "peak_rss_mib": operator.peak_rss_mib}
+            "peak_rss_mib": operator.peak_rss_mib, "cpu_seconds": cpu_used}
 
 
 @cache
@@ -255,26 +295,48 @@ def run_direct(namespace: str, bodies: list[dict[str, Any]]) -> dict[str, float]
         for child in first_children(body, created["metadata"]["uid"]):
             create[child["kind"]](namespace, child)
 
+    cpu = CpuWindow()
     started = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one, bodies))
     elapsed = time.perf_counter() - started
-    kubectl("delete", "trainingjobs", "--all", "-n", namespace, "--wait=false", check=False)
-    return {"seconds": elapsed}
+    cpu_used = cpu.stop()
+    kubectl("delete", "trainingjobs.kubetrain.io", "--all", "-n", namespace, "--wait=false",
+            check=False)
+    return {"seconds": elapsed, "cpu_seconds": cpu_used}
 
 
-def run_case(case: str, jobs: int, namespace: str) -> dict[str, Any]:
+def run_case(case: str, jobs: int, namespace: str, repeat: int) -> dict[str, Any]:
+    """The floor and the operator's case in turns, ``repeat`` times each; the ratio is of their
+    medians (the floor alone varied 0.43-1.06 s between single runs on the 2-core machine)."""
     bodies = [CASES[case](f"bench-{i}", namespace) for i in range(jobs)]
-    direct = run_direct(namespace, bodies)
-    operator = run_operator(namespace, bodies)
-    return {"case": case, "jobs": jobs,
+    directs, operators = [], []
+    for _ in range(repeat):
+        directs.append(run_direct(namespace, bodies))
+        operators.append(run_operator(namespace, bodies))
+    floor = statistics.median(d["seconds"] for d in directs)
+    operator = statistics.median(o["seconds"] for o in operators)
+    return {"case": case, "jobs": jobs, "repeat": repeat,
             "first_children": sorted(c["kind"] for c in first_children(bodies[0])),
-            "direct_client_seconds": round(direct["seconds"], 2),
-            "operator_seconds": round(operator["seconds"], 2),
-            "ratio": round(operator["seconds"] / direct["seconds"], 2),
-            "operator_jobs_with_children": operator["jobs_with_children"],
-            "operator_case_jobs_created_seconds": round(operator["apply_seconds"], 2),
-            "operator_peak_rss_mib": round(operator["peak_rss_mib"], 1)}
+            "direct_client_seconds": round(floor, 2),
+            "operator_seconds": round(operator, 2),
+            "ratio": round(operator / floor, 2),
+            "direct_client_runs_seconds": [round(d["seconds"], 2) for d in directs],
+            "operator_runs_seconds": [round(o["seconds"], 2) for o in operators],
+            "operator_jobs_with_children": min(o["jobs_with_children"] for o in operators),
+            "operator_case_jobs_created_seconds": round(statistics.median(
+                o["apply_seconds"] for o in operators), 2),
+            "operator_peak_rss_mib": round(max(o["peak_rss_mib"] for o in operators), 1),
+            "direct_client_cpu_seconds": _median_cpu([d["cpu_seconds"] for d in directs]),
+            "operator_case_cpu_seconds": _median_cpu([o["cpu_seconds"] for o in operators])}
+
+
+def _median_cpu(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {name: round(statistics.median(r[name] for r in runs), 2) for name in runs[0]}
+
+
+def _cpu_text(used: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds}" for name, seconds in used.items())
 
 
 def main() -> None:
@@ -282,12 +344,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--case", choices=[*CASES, "both"], default="both")
     parser.add_argument("--namespace", default="kt-bench")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of the floor and of the operator's case (medians reported)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     _env()
     kubectl("apply", "-f", str(REPO / "crds"))
     cases = list(CASES) if args.case == "both" else [args.case]
-    results = [run_case(case, args.jobs, args.namespace) for case in cases]
+    results = [run_case(case, args.jobs, args.namespace, args.repeat) for case in cases]
     kubectl("delete", "namespace", args.namespace, "--wait=false", check=False)
     print(f"{'case':<10}{'first children':<28}{'floor s':>9}{'operator s':>12}{'ratio':>7}"
           f"{'with children':>15}{'peak RSS MiB':>14}")
@@ -296,6 +360,12 @@ def main() -> None:
               f"{r['direct_client_seconds']:>9}{r['operator_seconds']:>12}{r['ratio']:>7}"
               f"{r['operator_jobs_with_children']:>10}/{r['jobs']:<4}"
               f"{r['operator_peak_rss_mib']:>14}")
+    for r in results:
+        print(f"{r['case']}: floor runs {r['direct_client_runs_seconds']} s, operator runs "
+              f"{r['operator_runs_seconds']} s (the table: their medians)")
+        print(f"{r['case']}: CPU seconds used during the floor "
+              f"{_cpu_text(r['direct_client_cpu_seconds'])}; during the operator's case "
+              f"{_cpu_text(r['operator_case_cpu_seconds'])}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

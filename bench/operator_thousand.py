@@ -167,7 +167,7 @@ def main() -> None:
     own.calls.clear()
     m2 = api_requests()
     deleting = time.perf_counter()
-    kubectl("delete", "trainingjobs", "--all", "-n", namespace, "--wait=false")
+    kubectl("delete", "trainingjobs.kubetrain.io", "--all", "-n", namespace, "--wait=false")
     own.calls[("trainingjobs", "LIST", "namespace")] += 1
     own.calls[("trainingjobs", "DELETE", "namespace")] += len(bodies)
     while own.get("trainingjobs", namespace) and time.perf_counter() - deleting < 600:

@@ -4,6 +4,7 @@ kopf's record of the handled spec), not a second one for annotations (bench/oper
 from __future__ import annotations
 
 import json
+import logging
 
 import kopf
 import pytest
@@ -44,3 +45,19 @@ def test_a_job_handled_by_an_earlier_operator_is_read_from_its_annotation() -> N
     # kopf's old annotations stay out of the essence, as the annotation storage left them.
     assert storage.build(body=body) == {"spec": {"epochs": 1},
                                         "metadata": {"annotations": {TURN: "t"}}}
+
+
+def test_count_phase_successes_stay_out_of_the_log(monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A line for every watch event of every job, dropped; other handlers' lines and
+    count_phase's failures stay."""
+    monkeypatch.setattr(handlers.metrics, "serve", lambda port: None)
+    configure(settings=kopf.OperatorSettings())
+    logger = logging.getLogger("kopf.objects")
+    with caplog.at_level(logging.INFO, logger="kopf.objects"):
+        logger.info("Handler 'count_phase' succeeded.")
+        logger.info("Handler 'reconcile_handler' succeeded.")
+        logger.error("Handler 'count_phase' failed with an exception. Will ignore.")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Handler 'reconcile_handler' succeeded.",
+        "Handler 'count_phase' failed with an exception. Will ignore."]

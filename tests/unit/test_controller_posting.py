@@ -1,8 +1,11 @@
-"""A reconcile's Events are held until no reconcile runs (bench/operator_scale.py: a burst's
-Events come after its children)."""
+"""A reconcile's Events are held until reconciles have paused (bench/operator_scale.py: a
+burst's Events come after its children)."""
 
 from __future__ import annotations
 
+import threading
+
+import pytest
 from kubetrain.controller.posting import HeldEvents
 
 
@@ -14,53 +17,77 @@ class Clock:
         return self.now
 
 
-def test_events_wait_until_no_reconcile_runs() -> None:
+def test_events_wait_until_no_reconcile_has_run_for_the_quiet_period() -> None:
     posted: list[str] = []
-    events = HeldEvents(max_delay=5, clock=Clock())
+    clock = Clock()
+    events = HeldEvents(max_delay=5, quiet=1, clock=clock, flusher=False)
     events.begin()
     events.begin()
     events.hold(lambda: posted.append("a"))
     events.end()  # another reconcile still runs
-    assert posted == []
+    assert events.flush() == 5.0 and posted == []
     events.hold(lambda: posted.append("b"))
+    clock.now = 0.5
+    events.end()  # none runs now, but one may follow within the quiet period
+    assert events.flush() == 1.0 and posted == []
+    clock.now = 1.2
+    events.begin()  # it did: the wait starts again when it ends
     events.end()
-    assert posted == ["a", "b"]
-    assert events.held == 0
+    clock.now = 2.1
+    assert events.flush() == pytest.approx(0.1) and posted == []
+    clock.now = 2.2
+    assert events.flush() is None
+    assert posted == ["a", "b"] and events.held == 0
 
 
-def test_an_event_outside_a_reconcile_is_posted_at_once() -> None:
+def test_an_event_after_a_quiet_period_is_posted_at_once() -> None:
     posted: list[str] = []
-    events = HeldEvents(clock=Clock())
-    events.hold(lambda: posted.append("a"))
+    clock = Clock()
+    events = HeldEvents(quiet=1, clock=clock, flusher=False)
+    events.hold(lambda: posted.append("a"))  # no reconcile ever ran
     assert posted == ["a"]
+    events.begin()
+    events.end()
+    clock.now = 1.0
+    events.hold(lambda: posted.append("b"))
+    assert posted == ["a", "b"]
 
 
 def test_under_a_steady_stream_of_reconciles_events_wait_at_most_max_delay() -> None:
     posted: list[str] = []
     clock = Clock()
-    events = HeldEvents(max_delay=5, clock=clock)
+    events = HeldEvents(max_delay=5, quiet=1, clock=clock, flusher=False)
     events.begin()  # one reconcile that never ends within the test
-    events.begin()
     events.hold(lambda: posted.append("a"))
     clock.now = 4.9
-    events.end()
-    assert posted == []
     events.begin()
     events.hold(lambda: posted.append("b"))
-    clock.now = 5.0
     events.end()
+    assert events.flush() is not None and posted == []
+    clock.now = 5.0
+    assert events.flush() is None
     assert posted == ["a", "b"]
 
 
+def test_the_flusher_thread_posts_what_comes_due() -> None:
+    done = threading.Event()
+    events = HeldEvents(max_delay=5, quiet=0.05)
+    events.begin()
+    events.hold(done.set)
+    events.end()
+    assert done.wait(timeout=5)
+    assert events.held == 0
+
+
 def test_an_event_is_posted_even_when_its_reconcile_fails() -> None:
-    posted: list[str] = []
-    events = HeldEvents(clock=Clock())
+    done = threading.Event()
+    events = HeldEvents(quiet=0.05)
     events.begin()
     try:
-        events.hold(lambda: posted.append("a"))
+        events.hold(done.set)
         raise RuntimeError("API down")
     except RuntimeError:
         pass
     finally:
         events.end()
-    assert posted == ["a"]
+    assert done.wait(timeout=5)

@@ -63,6 +63,18 @@ class StatusDiffBase(kopf.StatusDiffBaseStorage):
         return found if found is not None else LEGACY_DIFFBASE.fetch(body=body)
 
 
+class QuietEventHandlerLog(logging.Filter):
+    """kopf logs each handler's success at INFO; for ``count_phase``, an event handler, that is
+    a line for every watch event of every job (5 a job over its life, 250 for a burst of 50):
+    noise in the log and the operator's CPU spent in a burst. Its failures are still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Handler 'count_phase' succeeded."
+
+
+QUIET_EVENT_HANDLER_LOG = QuietEventHandlerLog()
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Our own prefixes, so kubetrain never collides with another kopf operator's state.
@@ -79,7 +91,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 30
     settings.networking.error_backoffs = API_ERROR_BACKOFFS
     settings.execution.max_workers = 8
+    # kopf's own requests share one aiohttp session with no limit on its connections: a
+    # burst's held Events, posted at once by as many workers, each opened a new TLS connection.
+    # Four posting workers bound those (the watches and the status patches are not affected).
+    settings.posting.worker_limit = 4
     settings.posting.level = logging.WARNING  # Events come from reconcile, not from kopf logs
+    logging.getLogger("kopf.objects").addFilter(QUIET_EVENT_HANDLER_LOG)
     # Watching given namespaces: no cluster-wide scans of namespaces and CRDs, which a
     # namespaced installation (Roles only) may not do. The resources are discovered once.
     settings.scanning.disabled = bool(current_config().namespaces)

@@ -1,12 +1,13 @@
-"""The reconciles' Kubernetes Events, posted after the children: once no reconcile is in flight.
+"""The reconciles' Kubernetes Events, posted after the children: once reconciles have paused.
 
-A burst of new jobs (50 applied at once) keeps every reconcile worker busy creating children;
+A burst of new jobs (50 applied at once) keeps the reconcile workers busy creating children;
 each job's two Events (Planned, StageRunning) are API writes as heavy as a child's, and posted
-at once they take the API server from the children of the jobs still waiting. Held here, they
-are posted as soon as no reconcile runs, or, under a steady stream of reconciles, by the first
-one to finish ``max_delay`` seconds after the oldest was held. Nothing is lost: the last
-reconcile to finish posts whatever is held. One job alone sees no delay (its reconcile is the
-only one in flight).
+during the burst they take the API server (and the operator's loop) from the children of the
+jobs still waiting. Held here, they are posted once no reconcile has run for ``quiet`` seconds
+(a burst's reconciles follow each other closer than that, with short gaps between them: posting
+at the first gap put many Events inside the burst), or, under a steady stream of reconciles,
+once the oldest has waited ``max_delay`` seconds. Nothing is lost: a flusher thread posts
+whatever comes due. One job alone sees its Events ``quiet`` seconds after its reconcile.
 """
 
 from __future__ import annotations
@@ -24,50 +25,86 @@ import kopf
 LOG = logging.getLogger(__name__)
 
 MAX_DELAY_SECONDS = 5.0
+QUIET_SECONDS = 1.0
 
 
 class HeldEvents:
-    """Events held while reconciles run; ``post`` is called outside the lock."""
+    """Events held while reconciles run. ``due`` decides (under the lock, from the clock);
+    the flusher thread, started with the first held Event, posts outside the lock."""
 
-    def __init__(self, max_delay: float = MAX_DELAY_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._lock = threading.Lock()
+    def __init__(self, max_delay: float = MAX_DELAY_SECONDS, quiet: float = QUIET_SECONDS,
+                 clock: Callable[[], float] = time.monotonic, flusher: bool = True) -> None:
+        self._cond = threading.Condition()
         self._clock = clock
         self._max_delay = max_delay
+        self._quiet = quiet
         self._running = 0
         self._held: list[Callable[[], None]] = []
         self._oldest = 0.0
+        self._last_end = float("-inf")
+        self._flusher = flusher
+        self._thread: threading.Thread | None = None
 
     def begin(self) -> None:
         """A reconcile starts."""
-        with self._lock:
+        with self._cond:
             self._running += 1
 
+    def end(self) -> None:
+        """A reconcile finished: its Events come due ``quiet`` seconds later if none starts."""
+        with self._cond:
+            self._running -= 1
+            self._last_end = self._clock()
+            self._cond.notify()
+
     def hold(self, post: Callable[[], None]) -> None:
-        """Post later (at once when no reconcile is in flight)."""
-        with self._lock:
-            if self._running == 0:
-                due = [post]
-            else:
-                if not self._held:
-                    self._oldest = self._clock()
-                self._held.append(post)
-                due = []
+        """Post later (at once when no reconcile runs or ran within ``quiet`` seconds)."""
+        with self._cond:
+            if not self._held:
+                self._oldest = self._clock()
+            self._held.append(post)
+            due = self._take_due()
+            if self._held and self._flusher and self._thread is None:
+                self._thread = threading.Thread(target=self._flush_forever, daemon=True,
+                                                name="kubetrain-events")
+                self._thread.start()
+            self._cond.notify()
         _post(due)
 
-    def end(self) -> None:
-        """A reconcile finished: post what is held if it was the last one, or held too long."""
-        with self._lock:
-            self._running -= 1
-            due: list[Callable[[], None]] = []
-            if self._held and (self._running == 0
-                               or self._clock() - self._oldest >= self._max_delay):
-                due, self._held = self._held, []
+    def flush(self) -> float | None:
+        """Post what is due now; the seconds until the rest may come due (None: none held)."""
+        with self._cond:
+            due = self._take_due()
+            wait = self._next_check()
         _post(due)
+        return wait
 
     @property
     def held(self) -> int:
         return len(self._held)
+
+    def _take_due(self) -> list[Callable[[], None]]:
+        now = self._clock()
+        quiet = self._running == 0 and now - self._last_end >= self._quiet
+        if self._held and (quiet or now - self._oldest >= self._max_delay):
+            due, self._held = self._held, []
+            return due
+        return []
+
+    def _next_check(self) -> float | None:
+        if not self._held:
+            return None
+        now = self._clock()
+        aged = self._oldest + self._max_delay - now
+        if self._running:
+            return max(aged, 0.0)
+        return max(min(aged, self._last_end + self._quiet - now), 0.0)
+
+    def _flush_forever(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait(timeout=self._next_check())
+            self.flush()
 
 
 def _post(calls: list[Callable[[], None]]) -> None:
