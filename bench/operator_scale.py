@@ -21,6 +21,7 @@ processes, the benchmark and the operator used while the jobs were admitted (med
 
     python bench/operator_scale.py [--jobs 50] [--case training|digits|both] [--repeat 3]
                                    [--json FILE]
+    python bench/operator_scale.py --request-costs [--case ...]   # ms of API server CPU each
 
 Needs a cluster (KUBECONFIG, or the machine's /var/lib/localk8s/env) with the CRD applicable.
 """
@@ -37,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -245,7 +247,18 @@ def delete_jobs(namespace: str) -> None:
             "--timeout=300s", check=False)
 
 
-def run_operator(namespace: str, bodies: list[dict[str, Any]]) -> dict[str, float]:
+@dataclass(frozen=True)
+class Run:
+    """One run of the floor or of the operator's case."""
+
+    seconds: float
+    cpu_seconds: dict[str, float]
+    apply_seconds: float = 0.0
+    jobs_with_children: int = 0
+    peak_rss_mib: float = 0.0
+
+
+def run_operator(namespace: str, bodies: list[dict[str, Any]]) -> Run:
     fresh_namespace(namespace)
     expected = expected_children(bodies)
     operator = Operator(namespace)
@@ -262,8 +275,8 @@ def run_operator(namespace: str, bodies: list[dict[str, Any]]) -> dict[str, floa
     children.stop()
     delete_jobs(namespace)
     operator.stop()
-    return {"seconds": elapsed, "apply_seconds": applied, "jobs_with_children": done,
-            "peak_rss_mib": operator.peak_rss_mib, "cpu_seconds": cpu_used}
+    return Run(seconds=elapsed, cpu_seconds=cpu_used, apply_seconds=applied,
+               jobs_with_children=done, peak_rss_mib=operator.peak_rss_mib)
 
 
 @cache
@@ -282,7 +295,7 @@ def create_jobs(namespace: str, bodies: list[dict[str, Any]]) -> None:
             "kubetrain.io", "v1alpha1", namespace, "trainingjobs", body), bodies))
 
 
-def run_direct(namespace: str, bodies: list[dict[str, Any]]) -> dict[str, float]:
+def run_direct(namespace: str, bodies: list[dict[str, Any]]) -> Run:
     """The floor: the same TrainingJobs and their first children, by the Python client."""
     fresh_namespace(namespace)
     custom, core = _clients()
@@ -303,7 +316,7 @@ def run_direct(namespace: str, bodies: list[dict[str, Any]]) -> dict[str, float]
     cpu_used = cpu.stop()
     kubectl("delete", "trainingjobs.kubetrain.io", "--all", "-n", namespace, "--wait=false",
             check=False)
-    return {"seconds": elapsed, "cpu_seconds": cpu_used}
+    return Run(seconds=elapsed, cpu_seconds=cpu_used)
 
 
 def run_case(case: str, jobs: int, namespace: str, repeat: int) -> dict[str, Any]:
@@ -314,25 +327,91 @@ def run_case(case: str, jobs: int, namespace: str, repeat: int) -> dict[str, Any
     for _ in range(repeat):
         directs.append(run_direct(namespace, bodies))
         operators.append(run_operator(namespace, bodies))
-    floor = statistics.median(d["seconds"] for d in directs)
-    operator = statistics.median(o["seconds"] for o in operators)
+    floor = statistics.median(d.seconds for d in directs)
+    operator = statistics.median(o.seconds for o in operators)
     return {"case": case, "jobs": jobs, "repeat": repeat,
             "first_children": sorted(c["kind"] for c in first_children(bodies[0])),
             "direct_client_seconds": round(floor, 2),
             "operator_seconds": round(operator, 2),
             "ratio": round(operator / floor, 2),
-            "direct_client_runs_seconds": [round(d["seconds"], 2) for d in directs],
-            "operator_runs_seconds": [round(o["seconds"], 2) for o in operators],
-            "operator_jobs_with_children": min(o["jobs_with_children"] for o in operators),
+            "direct_client_runs_seconds": [round(d.seconds, 2) for d in directs],
+            "operator_runs_seconds": [round(o.seconds, 2) for o in operators],
+            "operator_jobs_with_children": min(o.jobs_with_children for o in operators),
             "operator_case_jobs_created_seconds": round(statistics.median(
-                o["apply_seconds"] for o in operators), 2),
-            "operator_peak_rss_mib": round(max(o["peak_rss_mib"] for o in operators), 1),
-            "direct_client_cpu_seconds": _median_cpu([d["cpu_seconds"] for d in directs]),
-            "operator_case_cpu_seconds": _median_cpu([o["cpu_seconds"] for o in operators])}
+                o.apply_seconds for o in operators), 2),
+            "operator_peak_rss_mib": round(max(o.peak_rss_mib for o in operators), 1),
+            "direct_client_cpu_seconds": _median_cpu([d.cpu_seconds for d in directs]),
+            "operator_case_cpu_seconds": _median_cpu([o.cpu_seconds for o in operators])}
 
 
 def _median_cpu(runs: list[dict[str, float]]) -> dict[str, float]:
     return {name: round(statistics.median(r[name] for r in runs), 2) for name in runs[0]}
+
+
+def first_status(body: dict[str, Any]) -> dict[str, Any]:
+    """The status the operator's first reconcile writes (as JSON, kopf's state aside)."""
+    job = parse_training_job({**body, "metadata": {**body["metadata"], "uid": "bench"}})
+    status = reconcile(job, Observed(), SETTINGS, datetime.now(UTC)).status
+    return {"status": status.model_dump(mode="json", by_alias=True, exclude_none=True)}
+
+
+def request_costs(case: str, jobs: int, namespace: str) -> dict[str, float]:
+    """The API server's CPU milliseconds per request of each kind a new job costs, each kind
+    sent ``jobs`` times from 8 threads: the floor's three creates, and the two writes only the
+    operator makes on the way (the status PATCH, kopf's finalizer PATCH). Events besides."""
+    fresh_namespace(namespace)
+    custom, core = _clients()
+    api_server = _pid_of("kube-apiserver")
+    if api_server is None:
+        raise SystemExit("--request-costs needs the API server's process on this machine")
+    bodies = [CASES[case](f"bench-{i}", namespace) for i in range(jobs)]
+    uids: dict[str, str] = {}
+    finalizer = {"metadata": {"finalizers": ["kubetrain.io/bench"]}}
+    group = ("kubetrain.io", "v1alpha1", namespace, "trainingjobs")
+
+    def create_job(body: dict[str, Any]) -> None:
+        uids[body["metadata"]["name"]] = custom.create_namespaced_custom_object(
+            *group, body)["metadata"]["uid"]
+
+    def child(kind: str) -> Callable[[dict[str, Any]], None]:
+        create = {"Pod": core.create_namespaced_pod, "ConfigMap": core.create_namespaced_config_map}
+
+        def one(body: dict[str, Any]) -> None:
+            name = body["metadata"]["name"]
+            for made in first_children(body, uids[name]):
+                if made["kind"] == kind:
+                    create[kind](namespace, made)
+        return one
+
+    def event(body: dict[str, Any]) -> None:
+        core.create_namespaced_event(namespace, {
+            "metadata": {"generateName": "bench-"}, "type": "Normal", "reason": "Planned",
+            "message": "the job's plan", "involvedObject": {
+                "kind": "TrainingJob", "namespace": namespace, "name": body["metadata"]["name"],
+                "uid": uids[body["metadata"]["name"]], "apiVersion": "kubetrain.io/v1alpha1"}})
+
+    steps: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
+        ("TrainingJob create", create_job),
+        ("ConfigMap create", child("ConfigMap")),
+        ("Pod create", child("Pod")),
+        ("status PATCH", lambda b: custom.patch_namespaced_custom_object_status(
+            *group, b["metadata"]["name"], first_status(b))),
+        ("finalizer PATCH", lambda b: custom.patch_namespaced_custom_object(
+            *group, b["metadata"]["name"], finalizer)),
+        ("Event create", event)]
+    costs: dict[str, float] = {}
+    try:
+        for label, step in steps:
+            before = cpu_seconds(api_server)
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(step, bodies))
+            costs[label] = round((cpu_seconds(api_server) - before) * 1000 / jobs, 1)
+    finally:  # the finalizer off again, or the namespace could never go
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda b: custom.patch_namespaced_custom_object(
+                *group, b["metadata"]["name"], {"metadata": {"finalizers": None}}), bodies))
+        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    return costs
 
 
 def _cpu_text(used: dict[str, float]) -> str:
@@ -346,10 +425,21 @@ def main() -> None:
     parser.add_argument("--namespace", default="kt-bench")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of the floor and of the operator's case (medians reported)")
+    parser.add_argument("--request-costs", action="store_true",
+                        help="instead: the API server's CPU ms per request of each kind")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     _env()
     kubectl("apply", "-f", str(REPO / "crds"))
+    if args.request_costs:
+        costs = {case: request_costs(case, args.jobs, args.namespace)
+                 for case in (CASES if args.case == "both" else [args.case])}
+        for case, by_kind in costs.items():
+            print(f"{case}: the API server's CPU ms per request: "
+                  + ", ".join(f"{kind} {ms}" for kind, ms in by_kind.items()))
+        if args.json:
+            args.json.write_text(json.dumps(costs, indent=1))
+        return
     cases = list(CASES) if args.case == "both" else [args.case]
     results = [run_case(case, args.jobs, args.namespace, args.repeat) for case in cases]
     kubectl("delete", "namespace", args.namespace, "--wait=false", check=False)
