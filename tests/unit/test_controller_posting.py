@@ -91,3 +91,19 @@ def test_an_event_is_posted_even_when_its_reconcile_fails() -> None:
     finally:
         events.end()
     assert done.wait(timeout=5)
+
+
+def test_an_event_that_cannot_be_posted_does_not_stop_the_others() -> None:
+    done = threading.Event()
+
+    def broken() -> None:
+        raise ValueError("kopf's queue is gone")
+
+    events = HeldEvents(quiet=0.05)
+    events.begin()
+    events.hold(broken)
+    events.end()
+    events.begin()
+    events.hold(done.set)  # after the flusher met the broken one
+    events.end()
+    assert done.wait(timeout=5)

@@ -29,8 +29,8 @@ QUIET_SECONDS = 1.0
 
 
 class HeldEvents:
-    """Events held while reconciles run. ``due`` decides (under the lock, from the clock);
-    the flusher thread, started with the first held Event, posts outside the lock."""
+    """Events held while reconciles run. ``_take_due`` decides (under the lock, from the
+    clock); the flusher thread, started with the first held Event, posts outside the lock."""
 
     def __init__(self, max_delay: float = MAX_DELAY_SECONDS, quiet: float = QUIET_SECONDS,
                  clock: Callable[[], float] = time.monotonic, flusher: bool = True) -> None:
@@ -111,7 +111,8 @@ def _post(calls: list[Callable[[], None]]) -> None:
     for call in calls:
         try:
             call()
-        except RuntimeError as error:  # kopf's loop closed: the operator is stopping
+        except Exception as error:  # e.g. kopf's loop closed: the operator is stopping
+            # An Event is not worth a reconcile, nor the flusher thread (it posts the rest).
             LOG.warning("an Event was not posted: %s", error)
 
 
