@@ -35,7 +35,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from operator_scale import REPO, _env, kubectl
+from operator_scale import REPO, kubectl, use_local_cluster
 
 HOST_STORAGE = Path("/var/lib/kubetrain-test")
 
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.limit < 1:
         parser.error("--jobs and --limit must be at least 1")
-    _env()
+    use_local_cluster()
     summary = run(args.jobs, args.limit, args.timer, args.namespace, args.timeout)
     print(json.dumps(asdict(summary), indent=2))
     if args.json:

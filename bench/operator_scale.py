@@ -21,7 +21,8 @@ processes, the benchmark and the operator used while the jobs were admitted (med
 
     python bench/operator_scale.py [--jobs 50] [--case training|digits|both] [--repeat 3]
                                    [--json FILE]
-    python bench/operator_scale.py --request-costs [--case ...]   # ms of API server CPU each
+
+What each request costs the API server: ``bench/api_request_costs.py``.
 
 Needs a cluster (KUBECONFIG, or the machine's /var/lib/localk8s/env) with the CRD applicable.
 """
@@ -59,7 +60,7 @@ ABSENT_IMAGE = "kubetrain-bench-absent:0"
 SETTINGS = builders.WorkerSettings(worker_image=ABSENT_IMAGE, image_pull_policy="Never")
 
 
-def _env() -> None:
+def use_local_cluster() -> None:
     if os.environ.get("KUBECONFIG") or not LOCAL_ENV.exists():
         return
     for line in LOCAL_ENV.read_text().splitlines():
@@ -117,7 +118,7 @@ class ChildWatch:
     def __init__(self, namespace: str, expected: dict[str, set[tuple[str, str]]]) -> None:
         from kubernetes import watch
 
-        _, core = _clients()
+        _, core = clients()
         self.expected = expected
         self.wanted: set[tuple[str, str]] = set().union(*expected.values())
         self.seen: set[tuple[str, str]] = set()
@@ -170,7 +171,8 @@ class ChildWatch:
 
 
 TICK = os.sysconf("SC_CLK_TCK")
-CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kubelet")
+CLUSTER_PROCESSES = (
+    "kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kubelet")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -185,7 +187,7 @@ class CpuWindow:
     operator's: where the 2 cores went while the jobs were admitted."""
 
     def __init__(self, operator_pid: int | None = None) -> None:
-        self.pids = {name: pid for name in CONTROL_PLANE if (pid := _pid_of(name))}
+        self.pids = {name: pid for name in CLUSTER_PROCESSES if (pid := pid_of(name))}
         self.pids["benchmark"] = os.getpid()
         if operator_pid is not None:
             self.pids["operator"] = operator_pid
@@ -196,7 +198,7 @@ class CpuWindow:
                 for name, pid in self.pids.items()}
 
 
-def _pid_of(name: str) -> int | None:
+def pid_of(name: str) -> int | None:
     found = subprocess.run(["pgrep", "-x", name[:15]], capture_output=True, text=True).stdout
     return int(found.split()[0]) if found.split() else None
 
@@ -280,7 +282,7 @@ def run_operator(namespace: str, bodies: list[dict[str, Any]]) -> Run:
 
 
 @cache
-def _clients() -> tuple[Any, Any]:
+def clients() -> tuple[Any, Any]:
     from kubernetes import client, config
 
     config.load_kube_config()
@@ -289,7 +291,7 @@ def _clients() -> tuple[Any, Any]:
 
 def create_jobs(namespace: str, bodies: list[dict[str, Any]]) -> None:
     """The TrainingJobs alone, by the Python client from 8 threads (the floor's way)."""
-    custom, _ = _clients()
+    custom, _ = clients()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda body: custom.create_namespaced_custom_object(
             "kubetrain.io", "v1alpha1", namespace, "trainingjobs", body), bodies))
@@ -298,7 +300,7 @@ def create_jobs(namespace: str, bodies: list[dict[str, Any]]) -> None:
 def run_direct(namespace: str, bodies: list[dict[str, Any]]) -> Run:
     """The floor: the same TrainingJobs and their first children, by the Python client."""
     fresh_namespace(namespace)
-    custom, core = _clients()
+    custom, core = clients()
     create = {"Pod": core.create_namespaced_pod, "Service": core.create_namespaced_service,
               "ConfigMap": core.create_namespaced_config_map}
 
@@ -348,72 +350,6 @@ def _median_cpu(runs: list[dict[str, float]]) -> dict[str, float]:
     return {name: round(statistics.median(r[name] for r in runs), 2) for name in runs[0]}
 
 
-def first_status(body: dict[str, Any]) -> dict[str, Any]:
-    """The status the operator's first reconcile writes (as JSON, kopf's state aside)."""
-    job = parse_training_job({**body, "metadata": {**body["metadata"], "uid": "bench"}})
-    status = reconcile(job, Observed(), SETTINGS, datetime.now(UTC)).status
-    return {"status": status.model_dump(mode="json", by_alias=True, exclude_none=True)}
-
-
-def request_costs(case: str, jobs: int, namespace: str) -> dict[str, float]:
-    """The API server's CPU milliseconds per request of each kind a new job costs, each kind
-    sent ``jobs`` times from 8 threads: the floor's three creates, and the two writes only the
-    operator makes on the way (the status PATCH, kopf's finalizer PATCH). Events besides."""
-    fresh_namespace(namespace)
-    custom, core = _clients()
-    api_server = _pid_of("kube-apiserver")
-    if api_server is None:
-        raise SystemExit("--request-costs needs the API server's process on this machine")
-    bodies = [CASES[case](f"bench-{i}", namespace) for i in range(jobs)]
-    uids: dict[str, str] = {}
-    finalizer = {"metadata": {"finalizers": ["kubetrain.io/bench"]}}
-    group = ("kubetrain.io", "v1alpha1", namespace, "trainingjobs")
-
-    def create_job(body: dict[str, Any]) -> None:
-        uids[body["metadata"]["name"]] = custom.create_namespaced_custom_object(
-            *group, body)["metadata"]["uid"]
-
-    def child(kind: str) -> Callable[[dict[str, Any]], None]:
-        create = {"Pod": core.create_namespaced_pod, "ConfigMap": core.create_namespaced_config_map}
-
-        def one(body: dict[str, Any]) -> None:
-            name = body["metadata"]["name"]
-            for made in first_children(body, uids[name]):
-                if made["kind"] == kind:
-                    create[kind](namespace, made)
-        return one
-
-    def event(body: dict[str, Any]) -> None:
-        core.create_namespaced_event(namespace, {
-            "metadata": {"generateName": "bench-"}, "type": "Normal", "reason": "Planned",
-            "message": "the job's plan", "involvedObject": {
-                "kind": "TrainingJob", "namespace": namespace, "name": body["metadata"]["name"],
-                "uid": uids[body["metadata"]["name"]], "apiVersion": "kubetrain.io/v1alpha1"}})
-
-    steps: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
-        ("TrainingJob create", create_job),
-        ("ConfigMap create", child("ConfigMap")),
-        ("Pod create", child("Pod")),
-        ("status PATCH", lambda b: custom.patch_namespaced_custom_object_status(
-            *group, b["metadata"]["name"], first_status(b))),
-        ("finalizer PATCH", lambda b: custom.patch_namespaced_custom_object(
-            *group, b["metadata"]["name"], finalizer)),
-        ("Event create", event)]
-    costs: dict[str, float] = {}
-    try:
-        for label, step in steps:
-            before = cpu_seconds(api_server)
-            with ThreadPoolExecutor(8) as pool:
-                list(pool.map(step, bodies))
-            costs[label] = round((cpu_seconds(api_server) - before) * 1000 / jobs, 1)
-    finally:  # the finalizer off again, or the namespace could never go
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda b: custom.patch_namespaced_custom_object(
-                *group, b["metadata"]["name"], {"metadata": {"finalizers": None}}), bodies))
-        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-    return costs
-
-
 def _cpu_text(used: dict[str, float]) -> str:
     return ", ".join(f"{name} {seconds}" for name, seconds in used.items())
 
@@ -425,21 +361,10 @@ def main() -> None:
     parser.add_argument("--namespace", default="kt-bench")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of the floor and of the operator's case (medians reported)")
-    parser.add_argument("--request-costs", action="store_true",
-                        help="instead: the API server's CPU ms per request of each kind")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    _env()
+    use_local_cluster()
     kubectl("apply", "-f", str(REPO / "crds"))
-    if args.request_costs:
-        costs = {case: request_costs(case, args.jobs, args.namespace)
-                 for case in (CASES if args.case == "both" else [args.case])}
-        for case, by_kind in costs.items():
-            print(f"{case}: the API server's CPU ms per request: "
-                  + ", ".join(f"{kind} {ms}" for kind, ms in by_kind.items()))
-        if args.json:
-            args.json.write_text(json.dumps(costs, indent=1))
-        return
     cases = list(CASES) if args.case == "both" else [args.case]
     results = [run_case(case, args.jobs, args.namespace, args.repeat) for case in cases]
     kubectl("delete", "namespace", args.namespace, "--wait=false", check=False)

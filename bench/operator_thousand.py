@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from operator_scale import (
     REPO,
     Operator,
-    _env,
     expected_children,
     fresh_namespace,
     kubectl,
     training_manifest,
+    use_local_cluster,
 )
 
 RESOURCES = ("trainingjobs", "pods", "services", "configmaps", "events")
@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--namespace", default="kt-bench-1k")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    _env()
+    use_local_cluster()
     kubectl("apply", "-f", str(REPO / "crds"))
     namespace = args.namespace
     fresh_namespace(namespace)

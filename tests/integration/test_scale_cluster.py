@@ -57,17 +57,18 @@ def test_a_hundred_jobs_at_once_each_get_a_status_and_none_is_lost(
 def test_the_burst_benchmark_runs_and_every_job_gets_its_children(
         cluster: dict[str, str], tmp_path: Path) -> None:
     """``bench/operator_scale.py`` (the 50-job burst beside its floor, outside CI) at 10 jobs,
-    once, and its request-cost mode at 5: the benchmark the note's figures come from still
-    runs, and with it every job gets its first children."""
+    once, and ``bench/api_request_costs.py`` at 5: the benchmarks the note's figures come from
+    still run, and every job gets its first children."""
     namespace = f"kt-burst-{uuid.uuid4().hex[:6]}"
     out, costs = tmp_path / "burst.json", tmp_path / "costs.json"
-    bench = [sys.executable, str(REPO / "bench" / "operator_scale.py"), "--case", "digits",
-             "--namespace", namespace]
+    options = ["--case", "digits", "--namespace", namespace]
     try:
-        run = subprocess.run([*bench, "--jobs", "10", "--repeat", "1", "--json", str(out)],
+        run = subprocess.run([sys.executable, str(REPO / "bench" / "operator_scale.py"), *options,
+                              "--jobs", "10", "--repeat", "1", "--json", str(out)],
                              capture_output=True, text=True, timeout=600, env=cluster)
         assert run.returncode == 0, run.stderr[-3000:]
-        priced = subprocess.run([*bench, "--request-costs", "--jobs", "5", "--json", str(costs)],
+        priced = subprocess.run([sys.executable, str(REPO / "bench" / "api_request_costs.py"),
+                                 *options, "--jobs", "5", "--json", str(costs)],
                                 capture_output=True, text=True, timeout=600, env=cluster)
         assert priced.returncode == 0, priced.stderr[-3000:]
     finally:
