@@ -84,9 +84,9 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     if args.namespace:  # -n overrides the configuration's namespaces (the handlers read them)
         os.environ["KUBETRAIN_NAMESPACES"] = ",".join(args.namespace)
     config = load_config()  # a bad configuration stops here, before kopf starts
-    from .controller import leader, metrics
+    from .controller import leader, lease, metrics
 
-    election = leader.election_config(
+    election = lease.election_config(
         lease_name=args.lease_name, namespace=args.lease_namespace, identity=args.identity,
         lease_seconds=args.lease_seconds, renew_deadline_seconds=args.renew_deadline_seconds,
         retry_seconds=args.retry_seconds) if args.leader_elect else None

@@ -161,7 +161,7 @@ def _operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_two_replicas_elect_a_leader_on_a_lease_in_the_release_namespace() -> None:
     from kubetrain.cli import build_parser
-    from kubetrain.controller.leader import election_config
+    from kubetrain.controller.lease import election_config
 
     docs = render("replicas=2", "leaderElection.renewDeadlineSeconds:=6.5", namespace="ops")
     (deployment,) = by_kind(docs, "Deployment")

@@ -13,19 +13,16 @@ from typing import Any
 import pytest
 from kubetrain.api.resource import ManifestError
 from kubetrain.cli import main
-from kubetrain.controller.leader import (
+from kubetrain.controller.leader import Conflict, Elector, lease_owner, serve_standby_health
+from kubetrain.controller.lease import (
     Action,
-    Conflict,
     ElectionConfig,
-    Elector,
     LeaseRecord,
     Sighting,
     claim,
     decide,
     election_config,
-    lease_owner,
     must_stand_down,
-    serve_standby_health,
     sight,
     timing_problems,
 )
