@@ -293,7 +293,7 @@ def test_shards_in_memory_are_the_concatenation(tmp_path: Path) -> None:
 
 
 def test_streamed_shards_read_the_same_rows_a_shard_at_a_time(tmp_path: Path) -> None:
-    from kubetrain.data.datasets import LazyShards
+    from kubetrain.data.images import LazyShards
 
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 256, size=(30, 6, 5, 3), dtype=np.uint8)  # channels last
@@ -321,7 +321,7 @@ def test_streamed_shards_read_the_same_rows_a_shard_at_a_time(tmp_path: Path) ->
 @pytest.mark.parametrize("compressed", [False, True])
 def test_stored_shards_are_memory_mapped_and_compressed_ones_read_whole(
         tmp_path: Path, compressed: bool) -> None:
-    from kubetrain.data.datasets import _stored_member
+    from kubetrain.data.images import _stored_member
 
     X = np.arange(60, dtype=np.float64).reshape(20, 3)
     folder = tmp_path / "p"

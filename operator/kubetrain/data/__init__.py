@@ -1,6 +1,7 @@
 """Datasets: loading (built-ins, npz, csv, parquet, image folders), splits and standardization."""
 
-from .datasets import Dataset, DatasetError, infer_task, load_dataset, resolve_uri
+from .base import Dataset, DatasetError, infer_task
+from .datasets import load_dataset, resolve_uri
 from .splits import Splits, Standardizer, kfold_splits, split_dataset
 
 __all__ = [

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api.spec import DatasetSpec, is_remote
-from .datasets import DatasetError
+from .base import DatasetError
 
 REMOTE_DIR = Path("data") / "remote"
 CURRENT = "current.json"

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..api.spec import DatasetSpec
-from .datasets import Dataset, DatasetError
+from .base import Dataset, DatasetError
 
 SPLIT_NAMES = ("train", "val", "test")
 

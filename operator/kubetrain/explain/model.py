@@ -19,7 +19,7 @@ from torch import nn
 
 from ..api.spec import DatasetSpec, ModelSpec
 from ..data import Standardizer, load_dataset, split_dataset
-from ..data.datasets import decoded
+from ..data.images import decoded
 from ..models import build_model
 
 

@@ -32,7 +32,7 @@ from ..data import (
     load_dataset,
     split_dataset,
 )
-from ..data.datasets import LazyRows
+from ..data.images import LazyRows
 from ..findings.overfitting import analyze_overfitting
 from ..findings.remediation import apply_changes, changes_from_json
 from ..models import ModelError, build_model

@@ -114,7 +114,7 @@ class StreamingSplit:
     rows, pinned memory and non-blocking copies on a GPU. For data larger than memory."""
 
     rows: Any
-    """``data.datasets.LazyRows``: image files or npz shards, read on demand."""
+    """``data.images.LazyRows``: image files or npz shards, read on demand."""
     y: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
