@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from support import base_manifest, kubetrain
+from support import base_manifest, ctrl_c_reaches_it, kubetrain
 
 
 def test_bad_manifest_is_refused_before_anything_starts(tmp_path: Path,
@@ -58,7 +58,7 @@ def test_ctrl_c_stops_cleanly_with_no_orphans(tmp_path: Path, write_manifest: An
     proc = subprocess.Popen(
         [sys.executable, "-m", "kubetrain.cli", "run", str(write_manifest(manifest)),
          "--storage", str(storage), "--no-progress", "-o", str(tmp_path / "out.yaml")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_reaches_it)
     assert proc.stderr is not None
     descendants: set[int] = set()
     for line in proc.stderr:

@@ -30,7 +30,7 @@ from kubetrain.tuning import study as st
 from kubetrain.workloads import trial as trial_unit
 from kubetrain.workloads import tune as tune_unit
 from pydantic import ValidationError
-from support import base_manifest
+from support import base_manifest, ctrl_c_reaches_it
 
 SPACE = {"learningRate": {"type": "float", "low": 1e-4, "high": 0.05, "log": True}}
 # Clearly bad values at the low end: 1e-6 barely moves the weights in a few epochs.
@@ -95,7 +95,8 @@ def run_job(job: Path, storage: Path, *extra: str, watch: Watch | None = None,
     with out.open("w") as stdout, err.open("w") as stderr:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kubetrain.cli", "run", str(job), "--storage", str(storage),
-             "--no-progress", *extra], stdout=stdout, stderr=stderr, text=True)
+             "--no-progress", *extra], stdout=stdout, stderr=stderr, text=True,
+            preexec_fn=ctrl_c_reaches_it)
         deadline = time.time() + timeout
         try:
             while proc.poll() is None:
