@@ -16,20 +16,16 @@ import argparse
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kubetrain.api import parse_training_job
-from kubetrain.controller.observe import Observed
-from kubetrain.controller.reconcile import reconcile
 from operator_scale import (
     CASES,
     REPO,
-    SETTINGS,
     clients,
     cpu_seconds,
     first_children,
+    first_decision,
     fresh_namespace,
     kubectl,
     pid_of,
@@ -39,8 +35,7 @@ from operator_scale import (
 
 def first_status(body: dict[str, Any]) -> dict[str, Any]:
     """The status the operator's first reconcile writes (as JSON, kopf's state aside)."""
-    job = parse_training_job({**body, "metadata": {**body["metadata"], "uid": "bench"}})
-    status = reconcile(job, Observed(), SETTINGS, datetime.now(UTC)).status
+    status = first_decision(body).status
     return {"status": status.model_dump(mode="json", by_alias=True, exclude_none=True)}
 
 

@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO / "operator"))
 from kubetrain.api import parse_training_job  # noqa: E402
 from kubetrain.controller import builders  # noqa: E402
 from kubetrain.controller.observe import Observed  # noqa: E402
-from kubetrain.controller.reconcile import reconcile  # noqa: E402
+from kubetrain.controller.reconcile import Decision, reconcile  # noqa: E402
 
 LOCAL_ENV = Path("/var/lib/localk8s/env")
 ABSENT_IMAGE = "kubetrain-bench-absent:0"
@@ -94,10 +94,15 @@ CASES: dict[str, Callable[[str, str], dict[str, Any]]] = {
     "training": training_manifest, "digits": digits_manifest}
 
 
+def first_decision(body: dict[str, Any], uid: str = "bench") -> Decision:
+    """The operator's first reconcile of this job (the pure decision on a job with no children)."""
+    job = parse_training_job({**body, "metadata": {**body["metadata"], "uid": uid}})
+    return reconcile(job, Observed(), SETTINGS, datetime.now(UTC))
+
+
 def first_children(body: dict[str, Any], uid: str = "bench") -> list[dict[str, Any]]:
     """The children the operator's first reconcile of this job creates."""
-    job = parse_training_job({**body, "metadata": {**body["metadata"], "uid": uid}})
-    return reconcile(job, Observed(), SETTINGS, datetime.now(UTC)).create
+    return first_decision(body, uid).create
 
 
 def expected_children(bodies: list[dict[str, Any]]) -> dict[str, set[tuple[str, str]]]:

@@ -4,7 +4,6 @@ sweep's summary reach the study through it, and their calls wait for a server th
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,23 +15,15 @@ import optuna
 import pytest
 from kubetrain.report import parse_event
 from kubetrain.tuning.grpc_proxy import StudyServerProxy
+from support import free_port
 from test_tune import open_study, run_unit, sweep_manifest
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_a_trial_and_the_summary_reach_the_study_through_the_study_server(
         tmp_path: Path, write_manifest: Any) -> None:
     manifest = sweep_manifest()
-    job, storage, port = write_manifest(manifest), tmp_path / "storage", _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "kubetrain.tuning.serve", "--storage", str(storage),
-         "--port", str(port), "--host", "127.0.0.1", "--job", str(job)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    job, storage, port = write_manifest(manifest), tmp_path / "storage", free_port()
+    server = _study_server(job, storage, port)
     try:
         address = f"127.0.0.1:{port}"
         trial = subprocess.run(
@@ -73,7 +64,7 @@ def test_study_server_calls_wait_for_a_server_that_is_away(tmp_path: Path,
     """A trial's calls wait for a study server that is not there yet, or is gone for a while
     (a pod restarting, a Service routed late after an API-server outage), instead of failing:
     Optuna's own proxy fails at once."""
-    job, storage, port = write_manifest(sweep_manifest()), tmp_path / "storage", _free_port()
+    job, storage, port = write_manifest(sweep_manifest()), tmp_path / "storage", free_port()
     with pytest.raises(grpc.RpcError) as failed:
         optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port).get_all_studies()
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE

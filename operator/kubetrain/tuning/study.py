@@ -176,8 +176,7 @@ def open_storage(storage_dir: Path, *, study_server: str | None = None,
     if study_server:
         host, port = parse_address(study_server)
         # Imported here: grpc stays out of processes that never reach a study server (the
-        # local run's own process among them: with grpc loaded there, Ctrl-C did not stop it
-        # under load in a CI dry run).
+        # local run's own process among them).
         from .grpc_proxy import StudyServerProxy
 
         with warnings.catch_warnings():  # experimental in Optuna; chosen knowingly (DESIGN)
