@@ -3,9 +3,10 @@
 The 50-job burst (``operator_scale.py``) stops near 2x its floor on the 2-core machine because
 the API server is the bottleneck there; this measures why, per request kind, sent ``--jobs``
 times from 8 threads against the local cluster (the API server's process is found by name):
-the floor's three creates (the TrainingJob, its ConfigMap, its first pod), the two writes only
-the operator makes on the way (its first status PATCH; kopf's finalizer PATCH, which a job with
-a timer needs), and an Event. The finalizer it adds is removed again, so the namespace can go.
+the floor's three creates (the TrainingJob, its ConfigMap, its first pod), the one write only
+the operator makes on the way (its first status PATCH), and an Event. (Until the operator ran
+its own periodic pass, kopf's timer also put its finalizer on every job: a PATCH that cost
+4.6-11 ms here, more than a Pod's create; bench/README.md.)
 
     python bench/api_request_costs.py [--jobs 50] [--case training|digits|both] [--json FILE]
 """
@@ -41,8 +42,8 @@ def first_status(body: dict[str, Any]) -> dict[str, Any]:
 
 def request_costs(case: str, jobs: int, namespace: str) -> dict[str, float]:
     """The API server's CPU milliseconds per request of each kind a new job costs, each kind
-    sent ``jobs`` times from 8 threads: the floor's three creates, and the two writes only the
-    operator makes on the way (the status PATCH, kopf's finalizer PATCH). Events besides."""
+    sent ``jobs`` times from 8 threads: the floor's three creates, and the write only the
+    operator makes on the way (the status PATCH). Events besides."""
     fresh_namespace(namespace)
     custom, core = clients()
     api_server = pid_of("kube-apiserver")
@@ -50,7 +51,6 @@ def request_costs(case: str, jobs: int, namespace: str) -> dict[str, float]:
         raise SystemExit("needs the API server's process on this machine (a local cluster)")
     bodies = [CASES[case](f"bench-{i}", namespace) for i in range(jobs)]
     uids: dict[str, str] = {}
-    finalizer = {"metadata": {"finalizers": ["kubetrain.io/bench"]}}
     group = ("kubetrain.io", "v1alpha1", namespace, "trainingjobs")
 
     def create_job(body: dict[str, Any]) -> None:
@@ -80,8 +80,6 @@ def request_costs(case: str, jobs: int, namespace: str) -> dict[str, float]:
         ("Pod create", child("Pod")),
         ("status PATCH", lambda b: custom.patch_namespaced_custom_object_status(
             *group, b["metadata"]["name"], first_status(b))),
-        ("finalizer PATCH", lambda b: custom.patch_namespaced_custom_object(
-            *group, b["metadata"]["name"], finalizer)),
         ("Event create", event)]
     costs: dict[str, float] = {}
     try:
@@ -90,10 +88,7 @@ def request_costs(case: str, jobs: int, namespace: str) -> dict[str, float]:
             with ThreadPoolExecutor(8) as pool:
                 list(pool.map(step, bodies))
             costs[label] = round((cpu_seconds(api_server) - before) * 1000 / jobs, 1)
-    finally:  # the finalizer off again, or the namespace could never go
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda b: custom.patch_namespaced_custom_object(
-                *group, b["metadata"]["name"], {"metadata": {"finalizers": None}}), bodies))
+    finally:
         kubectl("delete", "namespace", namespace, "--wait=false", check=False)
     return costs
 

@@ -128,15 +128,10 @@ def _prepare(namespace: str) -> None:
 
 
 def _cleanup(namespace: str, operator: subprocess.Popen[bytes]) -> None:
-    kubectl("delete", "tj", "--all", "-n", namespace, "--wait=false", check=False)
-    time.sleep(5)  # the operator clears the finalizers
+    kubectl("delete", "trainingjobs.kubetrain.io", "--all", "-n", namespace, "--wait=false",
+            check=False)
     os.killpg(operator.pid, signal.SIGKILL)
     operator.wait()
-    listed = json.loads(kubectl("get", "tj", "-n", namespace, "-o", "json", check=False)
-                        or '{"items": []}')
-    for job in listed["items"]:
-        kubectl("patch", "tj", job["metadata"]["name"], "-n", namespace, "--type=merge", "-p",
-                '{"metadata":{"finalizers":[]}}', check=False)
     kubectl("delete", "namespace", namespace, "--wait=false", check=False)
     kubectl("delete", "pv", f"{namespace}-data", "--wait=false", check=False)
     shutil.rmtree(HOST_STORAGE / namespace, ignore_errors=True)

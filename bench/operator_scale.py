@@ -249,7 +249,7 @@ class Operator:
 
 
 def delete_jobs(namespace: str) -> None:
-    """Delete while the operator runs, so its finalizers are cleared."""
+    """Delete the jobs (their children go by garbage collection) and wait until they are gone."""
     kubectl("delete", "trainingjobs.kubetrain.io", "--all", "-n", namespace, "--wait=true",
             "--timeout=300s", check=False)
 

@@ -114,8 +114,10 @@ def check(namespace: str, bodies: list[dict[str, Any]], real: int, own: Own) -> 
                   if {c for c in children if c[0] == "Pod"} <= have)
     extra = sum(max(0, n - sum(1 for c in expected.get(job, ()) if c[0] == "Pod"))
                 for job, n in pods_of.items())
+    finalized = sum(1 for j in jobs.values() if j["metadata"].get("finalizers"))
     return {"jobs": len(jobs), "with_status": with_status, "suspended": suspended,
-            "real_with_children": real_ok, "duplicate_or_unexpected_pods": extra}
+            "real_with_children": real_ok, "duplicate_or_unexpected_pods": extra,
+            "with_finalizer": finalized}
 
 
 def snapshot(namespace: str, own: Own) -> dict[str, tuple[str, Any]]:

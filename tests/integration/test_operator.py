@@ -136,6 +136,26 @@ def test_deleting_the_job_removes_all_children_within_30s(namespace: str,
     assert time.time() - started <= 30
 
 
+def test_jobs_carry_no_finalizer_and_an_earlier_operators_is_removed(namespace: str,
+                                                                     operator: Any) -> None:
+    """The periodic pass needs no finalizer (kopf's timer did): a running job has none, and
+    one that an earlier operator version put on a job is removed, so deleting it never hangs."""
+    apply_job(namespace, small_job("plain", training={"epochs": 200, "batchSize": 16}))
+    old = small_job("upgraded", runPolicy={"suspend": True})
+    old["metadata"]["finalizers"] = ["kubetrain.io/finalizer"]
+    apply_job(namespace, old)
+    wait_for(lambda: job_status(namespace, "plain").get("phase") == "Running", 180,
+             "a running job")
+    wait_for(lambda: not get_json("trainingjobs.kubetrain.io", "upgraded", "-n", namespace)[
+        "metadata"].get("finalizers"), 60, "the earlier operator's finalizer to be removed")
+    assert job_status(namespace, "upgraded")["phase"] == "Suspended"
+    time.sleep(6)  # at least one periodic pass over the running job
+    assert not get_json("trainingjobs.kubetrain.io", "plain", "-n", namespace)[
+        "metadata"].get("finalizers")
+    kubectl("delete", "trainingjobs.kubetrain.io", "plain", "upgraded", "-n", namespace,
+            "--timeout=30s")
+
+
 def test_operator_killed_three_times_job_still_succeeds(namespace: str) -> None:
     manifest = small_job("survivor", training={
         "epochs": 60, "batchSize": 32, "learningRate": 0.003,

@@ -34,8 +34,8 @@ def queued_operator(namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.setenv("KUBETRAIN_MAX_RUNNING_JOBS", str(LIMIT))
     proc = start_operator(namespace)
     yield
-    kubectl("delete", "tj", "--all", "-n", namespace, "--wait=false", check=False)
-    time.sleep(3)  # the operator clears the finalizers
+    kubectl("delete", "trainingjobs.kubetrain.io", "--all", "-n", namespace, "--wait=false",
+            check=False)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 

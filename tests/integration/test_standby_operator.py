@@ -101,7 +101,7 @@ def test_standby_takes_over_when_the_active_operator_is_killed(namespace: str,
         status = wait_phase(namespace, "standby", ("Succeeded", "Failed"), timeout=300)
         pods = get_json("pods", "-n", namespace, "--show-managed-fields")["items"]
         assert procs[standby].poll() is None, logs[standby].read_text()[-3000:]
-        kubectl("delete", "tj", "standby", "-n", namespace, "--timeout=60s")  # its finalizer
+        kubectl("delete", "trainingjobs.kubetrain.io", "standby", "-n", namespace, "--timeout=60s")
         # a clean stop (SIGTERM, as in a rolling upgrade) releases the Lease to a third replica
         logs["op-c"] = tmp_path / "op-c.log"
         procs["op-c"] = start_replica(namespace, "op-c", logs["op-c"])

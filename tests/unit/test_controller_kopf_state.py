@@ -47,17 +47,17 @@ def test_a_job_handled_by_an_earlier_operator_is_read_from_its_annotation() -> N
                                         "metadata": {"annotations": {TURN: "t"}}}
 
 
-def test_count_phase_successes_stay_out_of_the_log(monkeypatch: pytest.MonkeyPatch,
+def test_watch_event_successes_stay_out_of_the_log(monkeypatch: pytest.MonkeyPatch,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     """A line for every watch event of every job, dropped; other handlers' lines and
-    count_phase's failures stay."""
+    watch_event's failures stay."""
     monkeypatch.setattr(handlers.metrics, "serve", lambda port: None)
     configure(settings=kopf.OperatorSettings())
     logger = logging.getLogger("kopf.objects")
     with caplog.at_level(logging.INFO, logger="kopf.objects"):
-        logger.info("Handler 'count_phase' succeeded.")
+        logger.info("Handler 'watch_event' succeeded.")
         logger.info("Handler 'reconcile_handler' succeeded.")
-        logger.error("Handler 'count_phase' failed with an exception. Will ignore.")
+        logger.error("Handler 'watch_event' failed with an exception. Will ignore.")
     assert [r.getMessage() for r in caplog.records] == [
         "Handler 'reconcile_handler' succeeded.",
-        "Handler 'count_phase' failed with an exception. Will ignore."]
+        "Handler 'watch_event' failed with an exception. Will ignore."]

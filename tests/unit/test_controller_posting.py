@@ -107,3 +107,30 @@ def test_an_event_that_cannot_be_posted_does_not_stop_the_others() -> None:
     events.hold(done.set)  # after the flusher met the broken one
     events.end()
     assert done.wait(timeout=5)
+
+
+def test_an_event_names_its_training_job_and_is_posted_by_the_operators_client(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Posted with the operator's own client (the periodic pass runs outside kopf's handlers,
+    where kopf's event queue is out of reach), only when called, its message cut to 1,000."""
+    from kubetrain.controller import kube, posting
+
+    created: list[tuple[object, str, dict[str, object]]] = []
+
+    class FakeKube:
+        def create(self, resource: object, namespace: str, body: dict[str, object]) -> None:
+            created.append((resource, namespace, body))
+
+    monkeypatch.setattr(kube, "api", lambda: FakeKube())
+    job = {"metadata": {"name": "digits", "namespace": "team-a", "uid": "u-1"}}
+    post = posting.job_event(job, type="Warning", reason="StageFailed", message="x" * 1500)
+    assert created == []
+    post()
+    ((resource, namespace, event),) = created
+    assert (resource, namespace) == (kube.EVENTS, "team-a")
+    assert event["involvedObject"] == {"apiVersion": "kubetrain.io/v1alpha1",
+                                       "kind": "TrainingJob", "name": "digits",
+                                       "namespace": "team-a", "uid": "u-1"}
+    assert (event["type"], event["reason"], len(str(event["message"]))) == (
+        "Warning", "StageFailed", 1000)
+    assert event["metadata"] == {"generateName": "digits.", "namespace": "team-a"}

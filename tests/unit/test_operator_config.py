@@ -169,9 +169,9 @@ def test_an_unchanged_status_is_not_written_again() -> None:
 
 def test_kopf_retries_its_api_requests_through_a_five_minute_outage(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """kopf gives up an API request when its error backoffs run out; a timer whose status
-    patch gives up never runs again for that job. The operator's backoffs outlast an API
-    server or etcd down for minutes, and stay short enough to write soon after it is back."""
+    """kopf gives up an API request when its error backoffs run out (a handler's status patch
+    among them). The operator's backoffs outlast an API server or etcd down for minutes, and
+    stay short enough to write soon after it is back."""
     import kopf
     from kubetrain.controller import handlers
 
@@ -183,7 +183,7 @@ def test_kopf_retries_its_api_requests_through_a_five_minute_outage(
 
 
 def test_event_handlers_retry_until_the_api_answers() -> None:
-    """A job without a timer (fresh, suspended, finished) is moved only by its event
+    """A job outside the periodic pass (fresh, suspended, finished) is moved only by its event
     handlers: none of them may give up for good during an outage."""
     import kopf
     from kubetrain.controller import handlers  # noqa: F401  (registers the handlers)
@@ -193,3 +193,19 @@ def test_event_handlers_retry_until_the_api_answers() -> None:
     assert {h.reason for h in changing} >= {"create", "update", None}  # None: resume
     for handler in changing:
         assert handler.retries is None and handler.timeout is None, handler.id
+
+
+def test_no_handler_needs_a_finalizer() -> None:
+    """No kopf timer, daemon or deletion handler: kopf puts no finalizer on a job (the PATCH
+    it costs per job, and deletions that hang once the operator is gone); the periodic pass
+    does a timer's work."""
+    import kopf
+    from kubetrain.controller import handlers  # noqa: F401  (registers the handlers)
+
+    registry = kopf.get_default_registry()
+    handlers_of_all_kinds = [*registry._changing.get_all_handlers(),
+                             *registry._spawning.get_all_handlers(),
+                             *registry._watching.get_all_handlers()]
+    assert handlers_of_all_kinds
+    assert not [h.id for h in handlers_of_all_kinds if getattr(h, "requires_finalizer", False)]
+    assert not list(registry._spawning.get_all_handlers())

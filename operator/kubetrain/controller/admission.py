@@ -26,6 +26,7 @@ from ..pipeline import status as st
 from ..pipeline.actions import Event
 from . import kube
 from .builders import LABEL_QUEUE
+from .posting import EVENTS, job_event
 from .queue import Entry, Limits, QueueDecision, decide, waiting_message
 from .settings import OperatorConfig, current_config
 from .validate import semantic_problems
@@ -35,7 +36,7 @@ INDEX = "queue_jobs"
 """The index's name: the keyword under which kopf hands it to the handlers."""
 TURN = f"queue.{GROUP}/turn"
 """Annotation set on a waiting job when a place frees for it: its reconcile runs at once
-(an update handler watches it) instead of on its next timer tick. Not under ``kubetrain.io/``:
+(an update handler watches it) instead of at the next periodic pass. Not under ``kubetrain.io/``:
 kopf leaves its own storage prefix out of the diffs, so no handler would see it change."""
 
 
@@ -172,18 +173,19 @@ class Admissions:
             try:
                 kube.api().merge_patch(kube.TRAINING_JOBS, entry.namespace, entry.name,
                                        {"metadata": {"annotations": {TURN: at}}})
-            except kube.ApiError as error:  # its timer still admits it, only later
+            except kube.ApiError as error:  # the periodic pass still admits it, only later
                 if error.status != 404:
                     LOG.warning("could not wake %s/%s in the queue: %s %s", entry.namespace,
                                 entry.name, error.status, error.reason)
 
-    def hold(self, job: TrainingJob, body: kopf.Body, index: Any, config: OperatorConfig,
-             now: datetime) -> bool:
+    def hold(self, job: TrainingJob, body: Mapping[str, Any], index: Any,
+             config: OperatorConfig, now: datetime) -> bool:
         """``admit`` with kopf's index, its events posted: True when the job must wait."""
         indexed: Iterable[Entry] = index.get(None, ()) if index is not None else ()
         wait, events = self.admit(job, body, indexed, config, now)
         for event in events:
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            EVENTS.hold(job_event(body, type=event.type, reason=event.reason,
+                                  message=event.message))
         return wait
 
 

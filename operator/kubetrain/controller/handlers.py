@@ -1,9 +1,10 @@
 """kopf handlers: thin glue between the API server and the pure reconcile decision.
 
-One handler function is registered for create, resume, spec change and a timer that runs only
-while a job is not finished (or waits for its TTL). It observes the children, asks
-``reconcile`` what to do, does it, and writes the status. Errors become conditions. An event
-handler (no finalizer) keeps the metrics' count of jobs by phase.
+One reconcile runs on create, resume, a spec change and a job's turn in the queue (kopf's
+handlers), and every ``timerSeconds`` while the job is active (the operator's own periodic
+pass, periodic.py: it needs no finalizer, where a kopf timer did). It observes the children,
+asks ``reconcile`` what to do, does it, and writes the status. Errors become conditions. An
+event handler keeps the metrics' count of jobs by phase and the pass's list of active jobs.
 
 Settings come from the operator configuration (settings.py: $KUBETRAIN_CONFIG plus env vars).
 """
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import kopf
@@ -24,17 +27,23 @@ from ..report import parse_event
 from . import admission, kube, metrics
 from . import builders as b
 from .observe import Observed, pod_view
-from .posting import EVENTS, kopf_event
+from .periodic import ActiveJobs, JobLocks, PeriodicPass, uid_of
+from .posting import EVENTS, job_event
 from .reconcile import Decision, reconcile
 from .settings import OperatorConfig, current_config, resolve_prices
 
+LOG = logging.getLogger(__name__)
 TIMER_SECONDS = current_config().timer_seconds
 # How kopf retries its own API requests (status patches, the watch's listing) while the API
 # server or etcd is unreachable or answers 5xx: up to 10 s apart, so the operator writes again
-# within ~10 s of the API coming back, for ~5 minutes in all. kopf's default (1, 1, 2, ..., 21)
-# gives up after ~54 s, and a timer whose status patch gives up ends for good: kopf never
-# spawns it again for that job (until the operator restarts), and the job stops moving.
+# within ~10 s of the API coming back, for ~5 minutes in all (kopf's default, 1, 1, 2, ..., 21,
+# gives up after ~54 s).
 API_ERROR_BACKOFFS = (1.0, 1.0, 2.0, 3.0, 5.0, *(10.0,) * 29)
+
+ACTIVE = ActiveJobs(TIMER_SECONDS)
+"""The jobs the periodic pass reconciles, kept by ``watch_event``."""
+JOB_LOCKS = JobLocks()
+"""One reconcile of a job at a time, from a kopf handler or the pass."""
 
 
 LEGACY_DIFFBASE = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
@@ -64,20 +73,32 @@ class StatusDiffBase(kopf.StatusDiffBaseStorage):
 
 
 class QuietEventHandlerLog(logging.Filter):
-    """kopf logs each handler's success at INFO; for ``count_phase``, an event handler, that is
+    """kopf logs each handler's success at INFO; for ``watch_event``, an event handler, that is
     a line for every watch event of every job (5 a job over its life, 250 for a burst of 50):
     noise in the log and the operator's CPU spent in a burst. Its failures are still logged."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != "Handler 'count_phase' succeeded."
+        return record.getMessage() != "Handler 'watch_event' succeeded."
 
 
 QUIET_EVENT_HANDLER_LOG = QuietEventHandlerLog()
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    # Our own prefixes, so kubetrain never collides with another kopf operator's state.
+def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    """kopf's settings, /metrics, and the periodic pass (stopped by ``stop_periodic``)."""
+    configure(settings)
+    # The pass reconciles with kopf's queue index, which kopf hands to this handler too (and
+    # fills before any job's handler runs; the pass's jobs come from those same handlers).
+    memo.periodic = PeriodicPass(ACTIVE, JOB_LOCKS,
+                                 partial(reconcile_on_timer, index=kwargs.get(admission.INDEX)))
+    memo.periodic.start()
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    # Our own prefixes, so kubetrain never collides with another kopf operator's state. No
+    # handler needs a finalizer now; kopf removes this one from jobs that an earlier operator
+    # (with kopf timers) had put it on.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     # kopf's state in the status (status.kopf), not in annotations: a job's first handling then
     # costs one PATCH (the status with kopf's record of the handled spec), not two.
@@ -91,16 +112,22 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 30
     settings.networking.error_backoffs = API_ERROR_BACKOFFS
     settings.execution.max_workers = 8
-    # kopf's own requests share one aiohttp session with no limit on its connections: a
-    # burst's held Events, posted at once by as many workers, each opened a new TLS connection.
-    # Four posting workers bound those (the watches and the status patches are not affected).
+    # The reconciles' Events are posted by the operator (posting.py); kopf posts only its own
+    # warnings and errors, on at most 4 connections.
     settings.posting.worker_limit = 4
-    settings.posting.level = logging.WARNING  # Events come from reconcile, not from kopf logs
+    settings.posting.level = logging.WARNING
     logging.getLogger("kopf.objects").addFilter(QUIET_EVENT_HANDLER_LOG)
     # Watching given namespaces: no cluster-wide scans of namespaces and CRDs, which a
     # namespaced installation (Roles only) may not do. The resources are discovered once.
     settings.scanning.disabled = bool(current_config().namespaces)
     metrics.serve(current_config().metrics_port)
+
+
+@kopf.on.cleanup()
+def stop_periodic(memo: kopf.Memo, **_: Any) -> None:
+    periodic = memo.get("periodic")
+    if periodic is not None:  # waits for its reconciles in flight
+        periodic.stop()
 
 
 @kopf.on.probe(id="reconciler")
@@ -195,14 +222,14 @@ def recovered(status: TrainingJobStatus, at: str) -> None:
                              f"reconciled again after: {condition.message}", at)
 
 
-def _apply(decision: Decision, body: kopf.Body, namespace: str, name: str) -> None:
+def _apply(decision: Decision, body: Mapping[str, Any], namespace: str, name: str) -> None:
     for obj in decision.create:
         _create(obj, namespace)
     for kind, child, grace in decision.delete:
         _delete(kind, child, namespace, grace)
     for event in decision.events:  # after the children, and after other jobs' (posting.py)
-        EVENTS.hold(kopf_event(body, type=event.type, reason=event.reason,
-                               message=event.message[:1000]))
+        EVENTS.hold(job_event(body, type=event.type, reason=event.reason,
+                              message=event.message))
     if decision.delete_job:
         _api_custom_delete(namespace, name)
 
@@ -224,36 +251,15 @@ def _reporting_units(status: TrainingJobStatus | None) -> list[str]:
             if unit.phase == StagePhase.RUNNING and name in ("train", "tune")]
 
 
-def _is_active(body: kopf.Body, **_: Any) -> bool:
-    """Whether the job gets the timer (and with it kopf's finalizer): only while something
-    can change without an event on the job itself, that is, while its children run.
-
-    Not a fresh job (no status yet): the create handler reconciles it at once; were the timer
-    due, kopf would first add its finalizer in a round trip of its own. Not a suspended job
-    (its running children were stopped when it was suspended; resuming is a spec change) nor a
-    finished one (unless it waits for its TTL): 1,000 idle jobs cost the API server nothing.
-    """
-    status = body.get("status") or {}
-    phase = status.get("phase")
-    spec = body.get("spec") or {}
-    run_policy = spec.get("runPolicy") or {}
-    if not phase:
-        return False
-    if phase == Phase.SUSPENDED and run_policy.get("suspend"):
-        return False
-    if phase in (Phase.SUCCEEDED, Phase.FAILED):
-        return run_policy.get("ttlSecondsAfterFinished") is not None
-    return True
-
-
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def count_phase(event: kopf.RawEvent, **_: Any) -> None:
-    """Keep the metrics' jobs-by-phase gauge; event handlers add no finalizer. Async: kopf runs
-    it on its loop for every watch event, not through its thread pool (it only sets a gauge)."""
+async def watch_event(event: kopf.RawEvent, **_: Any) -> None:
+    """Keep the metrics' jobs-by-phase gauge and the periodic pass's active jobs. Async: kopf
+    runs it on its loop for every watch event, not through its thread pool."""
     obj = event.get("object") or {}
-    uid = (obj.get("metadata") or {}).get("uid")
+    uid = uid_of(obj)
     if not uid:
         return
+    ACTIVE.seen(event.get("type"), obj)
     if event.get("type") == "DELETED":
         metrics.JOBS.forget(uid)
     else:
@@ -282,27 +288,72 @@ def _parse(document: dict[str, Any], namespace: str, name: str,
     return job
 
 
-# The event handlers retry without limit (every 10 s): a fresh job, a suspended one or a
-# finished one has no timer (_is_active), so a handler that kopf marked failed for good during a
-# long API-server outage would leave the job unhandled until the operator restarted. A spec the
-# operator cannot run is not retried: it becomes the Invalid condition at once.
+# The handlers retry without limit (every 10 s): a fresh job, a suspended one or a finished one
+# is not in the periodic pass (periodic.is_active), so a handler that kopf marked failed for good
+# during a long API-server outage would leave the job unhandled until the operator restarted. A
+# spec the operator cannot run is not retried: it becomes the Invalid condition at once.
 @kopf.on.create(GROUP, VERSION, PLURAL, retries=None, backoff=10, timeout=None)
 @kopf.on.resume(GROUP, VERSION, PLURAL, retries=None, backoff=10, timeout=None)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", retries=None, backoff=10, timeout=None)
 @kopf.on.update(GROUP, VERSION, PLURAL, id="queue-turn",
                 field=("metadata", "annotations", admission.TURN),
                 retries=None, backoff=10, timeout=None)
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS,
-            idle=None, when=_is_active,
-            retries=3, backoff=5, timeout=120)
 def reconcile_handler(body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str,
                       **kwargs: Any) -> None:
-    """The single reconcile of a TrainingJob; the decision itself is pure (reconcile.py)."""
+    """kopf's reconcile of a TrainingJob (kopf writes the status it leaves in ``patch``)."""
+    uid = uid_of(body)
+    with JOB_LOCKS.held(uid):
+        try:
+            reconcile_job(body, patch.status, namespace or "default", name,
+                          kwargs.get(admission.INDEX))
+        finally:
+            ACTIVE.reconciled(uid)
+
+
+def reconcile_on_timer(body: Mapping[str, Any], index: Any) -> None:
+    """The periodic pass's reconcile of an active job. Its status is written only if the job
+    is still the version reconciled (else a newer status may be there: the next pass goes on
+    from it). An API error is logged; the next pass tries again."""
+    metadata = body.get("metadata") or {}
+    namespace, name = metadata.get("namespace") or "default", str(metadata.get("name"))
+    status: dict[str, Any] = {}
+    try:
+        reconcile_job(body, status, namespace, name, index)
+    except kopf.TemporaryError as error:
+        LOG.warning("TrainingJob %s/%s: %s (the next pass tries again)", namespace, name, error)
+    finally:
+        if status:
+            _write_status(namespace, name, metadata.get("resourceVersion"), status,
+                          uid_of(body))
+
+
+def _write_status(namespace: str, name: str, version: str | None, status: dict[str, Any],
+                  uid: str) -> None:
+    patch: dict[str, Any] = {"status": status}
+    if version:
+        patch["metadata"] = {"resourceVersion": version}
+    try:
+        kube.api().merge_patch(kube.TRAINING_JOBS, namespace, name, patch, subresource="status")
+    except kube.ApiError as error:
+        if error.status == 409:  # changed since it was read: the next pass sees the new one
+            LOG.info("TrainingJob %s/%s changed during its reconcile; its status is left to "
+                     "the next pass", namespace, name)
+        elif error.status == 404:  # deleted, its deletion missed by the watch (children it
+            ACTIVE.forget(uid)     # may have made now go by their ownerReference's GC)
+        else:
+            LOG.warning("TrainingJob %s/%s: its status was not written: API error %s: %s",
+                        namespace, name, error.status, error.reason)
+
+
+def reconcile_job(body: Mapping[str, Any], status_out: MutableMapping[str, Any],
+                  namespace: str, name: str, queue_index: Any = None) -> None:
+    """The single reconcile of a TrainingJob: the status to write goes into ``status_out``
+    (left empty when nothing changed); the decision itself is pure (reconcile.py)."""
     started = time.perf_counter()
     metrics.RECONCILES.inc()
     EVENTS.begin()
     try:
-        _reconcile(body, patch, namespace or "default", name, kwargs.get(admission.INDEX))
+        _reconcile(body, status_out, namespace, name, queue_index)
     except kopf.TemporaryError:
         raise  # counted where it was raised
     except Exception:
@@ -313,9 +364,10 @@ def reconcile_handler(body: kopf.Body, patch: kopf.Patch, namespace: str | None,
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
 
-def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str,
-               queue_index: Any = None) -> None:
-    document = {**dict(body), "metadata": {**dict(body.metadata), "namespace": namespace}}
+def _reconcile(body: Mapping[str, Any], status_out: MutableMapping[str, Any], namespace: str,
+               name: str, queue_index: Any = None) -> None:
+    document = {**dict(body), "metadata": {**dict(body.get("metadata") or {}),
+                                           "namespace": namespace}}
     document.pop("status", None)
     now = datetime.now(UTC)
     config = current_config()
@@ -329,8 +381,8 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str,
         st.set_condition(status, "Invalid", "True", Reason.INVALID_SPEC, message, at)
         if not Phase(status.phase).terminal:
             st.finish_job(status, Phase.FAILED, Reason.INVALID_SPEC, message, at)
-            kopf.event(body, type="Warning", reason="InvalidSpec", message=message[:1000])
-        patch.status.update(_status_patch(status))
+            EVENTS.hold(job_event(body, type="Warning", reason="InvalidSpec", message=message))
+        status_out.update(_status_patch(status))
         return
     except kube.ApiError as error:
         metrics.RECONCILE_ERRORS.labels(reason="ApiError").inc()
@@ -344,7 +396,7 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str,
         assert job.status is not None  # the queue wrote the job's place there
         changed = status_patch_if_changed(before, job.status)
         if changed is not None:
-            patch.status.update(changed)
+            status_out.update(changed)
         return
     try:
         # A job never reconciled has no children to see (were some left by a reconcile whose
@@ -363,12 +415,12 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, namespace: str, name: str,
         status = job.status or TrainingJobStatus()
         st.set_condition(status, RECONCILE_ERROR, "True", Reason.RECONCILE_ERROR,
                          f"API error {error.status}: {error.reason}", st.timestamp(now))
-        patch.status.update(_status_patch(status))
+        status_out.update(_status_patch(status))
         raise kopf.TemporaryError(f"API error {error.status}: {error.reason}", delay=10) \
             from None
     if not decision.delete_job:
         recovered(decision.status, st.timestamp(now))
         changed = status_patch_if_changed(before, decision.status)
         if changed is not None:
-            patch.status.update(changed)
+            status_out.update(changed)
         metrics.record_stages(before, decision.status)

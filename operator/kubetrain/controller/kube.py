@@ -70,6 +70,7 @@ class Resource:
 PODS = Resource("", "v1", "pods")
 SERVICES = Resource("", "v1", "services")
 CONFIG_MAPS = Resource("", "v1", "configmaps")
+EVENTS = Resource("", "v1", "events")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
 TRAINING_JOBS = Resource(GROUP, VERSION, PLURAL)
 KINDS = {"Pod": PODS, "Service": SERVICES, "ConfigMap": CONFIG_MAPS}
@@ -245,8 +246,10 @@ class Kube:
         return self._json("PUT", resource.path(namespace, name), body=body, timeout=timeout)
 
     def merge_patch(self, resource: Resource, namespace: str, name: str,
-                    patch: dict[str, Any]) -> dict[str, Any]:
-        return self._json("PATCH", resource.path(namespace, name), body=patch,
+                    patch: dict[str, Any], subresource: str | None = None) -> dict[str, Any]:
+        """A JSON merge patch; with ``metadata.resourceVersion`` in it, conditional on that
+        version (409 Conflict when the object changed since)."""
+        return self._json("PATCH", resource.path(namespace, name, subresource), body=patch,
                           content_type="application/merge-patch+json")
 
     def delete(self, resource: Resource, namespace: str, name: str, *,

@@ -2,12 +2,13 @@
 (`kubetrain cleanup`).
 
 cleanup deletes every TrainingJob the operator watches and waits until they are gone, while the
-operator still runs: kopf's finalizer on each job is removed by the operator, so an uninstall
-never leaves jobs (or namespaces) stuck in Terminating behind a stopped operator.
+operator still runs: their pods go with them, and a finalizer that an earlier operator version
+(with kopf timers) put on a job is removed by the running operator, so an uninstall never
+leaves jobs (or namespaces) stuck in Terminating behind a stopped operator.
 
 check is what `helm test` runs: the operator's liveness endpoint answers, its /metrics has the
 kubetrain metrics, and a suspended TrainingJob created for the test is reconciled (phase
-Suspended: nothing runs) and then deleted, which needs the operator to clear its finalizer.
+Suspended: nothing runs) and then deleted.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def delete_training_jobs(namespaces: list[str], timeout: float,
     if not _wait(gone, timeout):
         names = ", ".join(f"{ns}/{n}" for ns, n in left)
         raise TimeoutError(f"after {timeout:.0f}s these TrainingJobs still exist: {names} "
-                           "(is the operator running? it removes their finalizer)")
+                           "(a finalizer left on them? the running operator removes "
+                           "kubetrain's)")
     log(f"all {len(jobs)} deleted")
     return len(jobs)
 
@@ -149,5 +151,5 @@ def _check_reconcile(namespace: str, timeout: float, log: Callable[[str], None])
         log(f"ok: TrainingJob {namespace}/{name} deleted")
     else:
         problems.append(f"TrainingJob {namespace}/{name} still exists {timeout:.0f}s after "
-                        "its deletion (the operator did not remove its finalizer)")
+                        "its deletion (held by a finalizer? see its metadata.finalizers)")
     return problems

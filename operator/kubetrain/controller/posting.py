@@ -12,20 +12,21 @@ whatever comes due. One job alone sees its Events ``quiet`` seconds after its re
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
-import kopf
+from ..api.resource import API_VERSION, KIND
+from . import kube
 
 LOG = logging.getLogger(__name__)
 
 MAX_DELAY_SECONDS = 5.0
 QUIET_SECONDS = 1.0
+COMPONENT = "kubetrain-operator"
 
 
 class HeldEvents:
@@ -116,10 +117,30 @@ def _post(calls: list[Callable[[], None]]) -> None:
             LOG.warning("an Event was not posted: %s", error)
 
 
-def kopf_event(body: kopf.Body, **fields: Any) -> Callable[[], None]:
-    """``kopf.event(body, ...)`` to be called later, from any thread: in this handler's context
-    (kopf finds its event queue there)."""
-    return partial(contextvars.copy_context().run, kopf.event, body, **fields)
+def job_event(body: Mapping[str, Any], *, type: str, reason: str,
+              message: str) -> Callable[[], None]:
+    """A Kubernetes Event about the TrainingJob ``body``, to be posted later from any thread
+    (posted by the operator's own client: the periodic pass runs outside kopf's handlers,
+    where kopf's event queue is not reachable)."""
+    metadata = body.get("metadata") or {}
+    namespace = metadata.get("namespace") or "default"
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{metadata.get('name', 'trainingjob')}.",
+                     "namespace": namespace},
+        "involvedObject": {"apiVersion": API_VERSION, "kind": KIND,
+                           "name": metadata.get("name"), "namespace": namespace,
+                           "uid": metadata.get("uid")},
+        "type": type, "reason": reason, "message": message[:1000],
+        "source": {"component": COMPONENT},  # the "From" column of kubectl describe
+        "reportingComponent": COMPONENT,
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }
+
+    def post() -> None:
+        kube.api().create(kube.EVENTS, namespace, event)
+    return post
 
 
 EVENTS = HeldEvents()
