@@ -148,7 +148,7 @@ class ChildWatch:
         try:
             for event in stream.stream(lister, namespace, label_selector=builders.LABEL_JOB,
                                        resource_version=version, timeout_seconds=600):
-                if event["type"] == "ADDED" and event.get("raw_object"):
+                if event and event.get("type") == "ADDED" and event.get("raw_object"):
                     self._seen(kind, [event["raw_object"]["metadata"]["name"]])
         except HTTPError:  # the stream cut when the namespace goes (after the measurement)
             return
