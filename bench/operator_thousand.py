@@ -86,8 +86,11 @@ def diff(after: Counter[tuple[str, str, str]], before: Counter[tuple[str, str, s
 
 
 def table(counts: Counter[tuple[str, str, str]]) -> dict[str, int]:
-    return {f"{verb} {resource}": n for (resource, verb, _), n in
-            sorted(counts.items(), key=lambda kv: -kv[1])}
+    """Counts by verb and resource (the scopes, namespace and cluster, added up)."""
+    merged: Counter[str] = Counter()
+    for (resource, verb, _), n in counts.items():
+        merged[f"{verb} {resource}"] += n
+    return dict(merged.most_common())
 
 
 def manifests(jobs: int, real: int, namespace: str) -> list[dict[str, Any]]:
