@@ -205,7 +205,7 @@ def _status_patch(status: TrainingJobStatus) -> dict[str, Any]:
 def status_patch_if_changed(before: TrainingJobStatus | None,
                             after: TrainingJobStatus) -> dict[str, Any] | None:
     """The status patch, or None when the status did not change: an idle job (suspended,
-    finished, waiting for its TTL) costs the API server no write on every timer tick."""
+    finished, waiting for its TTL) costs the API server no write on every periodic pass."""
     patch = _status_patch(after)
     return None if before is not None and patch == _status_patch(before) else patch
 

@@ -2,8 +2,9 @@
 
 With ``kubetrain operator --leader-elect`` (the chart turns it on when ``replicas`` > 1) the
 operator first takes the Lease ``--lease-name`` in ``--lease-namespace``; only the holder runs
-kopf (its watches, handlers and timers). A standby polls the Lease every ``retrySeconds`` and
-meanwhile answers the liveness endpoint and serves /metrics (it is healthy while it waits).
+kopf (its watches and handlers) and the periodic pass. A standby polls the Lease every
+``retrySeconds`` and meanwhile answers the liveness endpoint and serves /metrics (it is healthy
+while it waits).
 
 The holder renews the Lease every ``retrySeconds``, each write conditional on the Lease's
 resourceVersion (a concurrent writer gets 409 Conflict). When it has not renewed for

@@ -1,8 +1,8 @@
 """The reconcile decision: the stage engine's step, in Kubernetes objects.
 
-One pure function, called on create, resume, spec change and a timer for running jobs. The
-pods of each work unit become the engine's observations (observe.py); its launches become
-pods and Services (builders.py), its stops pod deletions. Children have fixed names, so
+One pure function, called on create, resume, spec change and by the periodic pass over active
+jobs. The pods of each work unit become the engine's observations (observe.py); its launches
+become pods and Services (builders.py), its stops pod deletions. Children have fixed names, so
 creating one that exists is harmless, and a child launched by a reconcile whose status was
 never written is adopted by the engine, not launched twice.
 """

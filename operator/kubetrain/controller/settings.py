@@ -7,7 +7,7 @@
     namespaces: []                        # watched namespaces; empty: the whole cluster
     prices: {cpuHour: 0.0316, memoryGiBHour: 0.0042, gpuHour: 2.93, currency: USD}
     metricsPort: 9090                     # Prometheus /metrics; 0 turns it off
-    timerSeconds: 5                       # how often running jobs are observed
+    timerSeconds: 5                       # how often active jobs are observed (periodic pass)
     maxRunningJobs: 0                     # jobs running at once, cluster-wide; 0: no limit
     maxRunningJobsPerNamespace: 0         # jobs running at once in one namespace; 0: no limit
 
