@@ -51,9 +51,10 @@ from kubetrain.api.spec import TrainingJobSpec
 from kubetrain.data import Standardizer, load_dataset, split_dataset
 from kubetrain.models import build_model
 from kubetrain.report import Reporter
+from kubetrain.workloads.batches import TensorSplit
 from kubetrain.workloads.distributed import DistContext
 from kubetrain.workloads.train import _to_tensors
-from kubetrain.workloads.trainer import TensorSplit, Trainer
+from kubetrain.workloads.trainer import Trainer
 from torch import nn
 
 SEED = 0

@@ -409,8 +409,9 @@ def test_trainer_mixes_batches_only_when_asked(tmp_path: Path, write_manifest: A
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from kubetrain.models import build_model
     from kubetrain.report import Reporter
+    from kubetrain.workloads.batches import TensorSplit
     from kubetrain.workloads.distributed import DistContext
-    from kubetrain.workloads.trainer import TensorSplit, Trainer
+    from kubetrain.workloads.trainer import Trainer
 
     calls: list[float] = []
     original = mix.mixed_loss

@@ -10,8 +10,9 @@ import torch
 from kubetrain.api.spec import TrainingJobSpec
 from kubetrain.report import Reporter
 from kubetrain.workloads.acceleration import AccelerationError
+from kubetrain.workloads.batches import TensorSplit
 from kubetrain.workloads.distributed import DistContext
-from kubetrain.workloads.trainer import TensorSplit, Trainer
+from kubetrain.workloads.trainer import Trainer
 from torch import nn
 
 

@@ -16,8 +16,9 @@ from kubetrain.api.spec import TrainingJobSpec
 from kubetrain.findings import analyze_overfitting
 from kubetrain.models import build_model
 from kubetrain.report import Reporter
+from kubetrain.workloads.batches import TensorSplit
 from kubetrain.workloads.distributed import DistContext
-from kubetrain.workloads.trainer import TensorSplit, Trainer
+from kubetrain.workloads.trainer import Trainer
 
 SCRIPTED = [
     {"val_loss": 1.0, "val_accuracy": 0.5},

@@ -46,15 +46,9 @@ from ..usage import USAGE_FILE
 from . import checkpoint as ckpt
 from .acceleration import AccelerationError
 from .args import add_common_arguments, add_remediation_argument
+from .batches import Split, StreamingSplit, TensorSplit, fixed_mmap_threshold
 from .distributed import DistContext, init_distributed, shutdown
-from .trainer import (
-    EpochCallback,
-    Split,
-    StreamingSplit,
-    TensorSplit,
-    Trainer,
-    fixed_mmap_threshold,
-)
+from .trainer import EpochCallback, Trainer
 
 MODEL_FILE = "model.pt"
 HISTORY_FILE = "history.json"
