@@ -81,6 +81,9 @@ def test_the_newest_version_is_kept_and_an_inactive_or_deleted_job_drops_out() -
     jobs.seen(None, body("Running", uid="u3"))
     jobs.forget("u3")  # its status write found it gone (a deletion the watch missed)
     assert len(jobs) == 0 and jobs.take_due() == []
+    jobs.seen(None, body("Running", uid="u4"))
+    jobs.clear()  # an operator started again in the same process learns its own jobs
+    assert len(jobs) == 0
 
 
 def test_the_pass_reconciles_due_jobs_again_and_again_until_they_stop_being_active() -> None:

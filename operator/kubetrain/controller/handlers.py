@@ -88,6 +88,7 @@ QUIET_EVENT_HANDLER_LOG = QuietEventHandlerLog()
 def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     """kopf's settings, /metrics, and the periodic pass (stopped by ``stop_periodic``)."""
     configure(settings)
+    ACTIVE.clear()
     # The pass reconciles with kopf's queue index, which kopf hands to this handler too (and
     # fills before any job's handler runs; the pass's jobs come from those same handlers).
     memo.periodic = PeriodicPass(ACTIVE, JOB_LOCKS,

@@ -102,6 +102,12 @@ class ActiveJobs:
             if uid in self._jobs:
                 self._jobs[uid].last = self._clock()
 
+    def clear(self) -> None:
+        """Forget every job: an operator that starts (again, in the same process: kopf's
+        test runner) learns its jobs from its own watch."""
+        with self._lock:
+            self._jobs.clear()
+
     def forget(self, uid: str) -> None:
         """The job is gone though no watch event said so (a watch that restarted from a new
         listing does not replay deletions): the pass stops reconciling it."""
