@@ -232,6 +232,21 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def wait_for_events(namespace: str, name: str, wanted: set[tuple[str, str]],
+                    timeout: float = 30) -> list[dict[str, Any]]:
+    """The Events about ``name`` once those of the wanted (type, reason) are all there: the
+    operator posts a reconcile's Events once reconciles pause for a second (posting.py), so
+    the last ones come shortly after the status that they go with."""
+    def found() -> list[dict[str, Any]] | None:
+        events: list[dict[str, Any]] = get_json(
+            "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")[
+            "items"]
+        return events if wanted <= {(e["type"], e["reason"]) for e in events} else None
+    result: list[dict[str, Any]] = wait_for(found, timeout, f"the Events {sorted(wanted)}",
+                                            interval=1)
+    return result
+
+
 def apply_job(namespace: str, manifest: dict[str, Any]) -> None:
     manifest = {**manifest, "metadata": {**manifest["metadata"], "namespace": namespace}}
     kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))

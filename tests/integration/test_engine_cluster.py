@@ -126,8 +126,8 @@ def test_a_deleted_trial_pod_is_replaced_and_the_sweep_reaches_its_count(
              and any(p["metadata"]["name"] == "lose-trial-0"
                      and p["status"].get("phase") == "Running" for p in _pods(namespace, "lose")),
              240, "trial-0 running")
-    time.sleep(5)
-    assert _unit_phase(namespace, "lose", "trial-0") == "Running", "trial-0 ended too soon"
+    # At once: its 40 epochs take only seconds on a fast machine, and a trial that told the
+    # study it completed before its pod went is no lost trial (CI saw 4 complete that way).
     kubectl("delete", "pod", "lose-trial-0", "-n", namespace, "--wait=false")
     status = wait_phase(namespace, "lose", ("Succeeded", "Failed"), timeout=600)
     assert status["phase"] == "Succeeded", json.dumps(status)[:3000]

@@ -20,6 +20,7 @@ from k8s import (
     small_job,
     start_operator,
     wait_for,
+    wait_for_events,
     wait_phase,
 )
 
@@ -56,8 +57,11 @@ def test_small_job_succeeds_with_findings_columns_and_events(namespace: str,
     for column in ("PHASE", "STAGE", "PROGRESS", "BEST", "OVERFIT", "COST", "AGE"):
         assert column in table
     assert "Succeeded" in table and "epoch 6/6" in table
-    events = kubectl("describe", "tj", "digits-small", "-n", namespace).stdout
-    assert "StageRunning" in events and "Succeeded" in events
+    wait_for_events(namespace, "digits-small", {("Normal", "StageRunning"),
+                                                ("Normal", "Succeeded")})
+    described = kubectl("describe", "trainingjobs.kubetrain.io", "digits-small", "-n",
+                        namespace).stdout
+    assert "StageRunning" in described and "kubetrain-operator" in described  # its Events
     # report.md, the loss curve and status.yaml in the job's storage, written by the report
     # pod after the job ended, where status.artifacts says
     folder = f"kubetrain/{namespace}/digits-small"

@@ -19,7 +19,15 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from k8s import apply_job, get_json, kubectl, small_job, start_operator, wait_for
+from k8s import (
+    apply_job,
+    get_json,
+    kubectl,
+    small_job,
+    start_operator,
+    wait_for,
+    wait_for_events,
+)
 
 pytestmark = pytest.mark.cluster
 LIMIT = 2
@@ -109,7 +117,4 @@ def test_jobs_over_the_limit_wait_their_turn(namespace: str, queued_operator: No
           + ", ".join(f"{n} {s - first:.0f}-{e - first:.0f}"
                       for n, (s, e) in sorted(zip(names, spans, strict=True),
                                               key=lambda i: i[1])))
-    events = kubectl("get", "events", "-n", namespace, "--field-selector",
-                     "involvedObject.name=q-a", "-o", "json").stdout
-    reasons = {e["reason"] for e in json.loads(events)["items"]}
-    assert {"Queued", "Admitted"} <= reasons
+    wait_for_events(namespace, "q-a", {("Normal", "Queued"), ("Normal", "Admitted")})

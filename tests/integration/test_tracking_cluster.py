@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import pytest
-from k8s import HOST_STORAGE, apply_job, get_json, kubectl, wait_phase
+from k8s import HOST_STORAGE, apply_job, get_json, kubectl, wait_for_events, wait_phase
 from mlflowserver import MlflowServer
 from support import base_manifest, free_port
 
@@ -76,6 +76,4 @@ def test_an_unreachable_tracking_server_warns_and_the_job_succeeds(namespace: st
     degraded = next(c for c in status["conditions"] if c["type"] == "TrackingDegraded")
     assert degraded["reason"] == "TrackingUnavailable"
     assert degraded["message"].startswith("train: mlflow: ")
-    events = get_json("events", "-n", namespace)["items"]
-    assert any(e["reason"] == "TrackingUnavailable" and e["type"] == "Warning"
-               for e in events)
+    wait_for_events(namespace, "untracked", {("Warning", "TrackingUnavailable")})
