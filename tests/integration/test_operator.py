@@ -201,27 +201,3 @@ def test_operator_killed_three_times_job_still_succeeds(namespace: str) -> None:
     units = status["stages"]["training"]["units"]
     assert all(u["restarts"] == 0 and u["phase"] == "Succeeded" for u in units.values())
     assert status["training"]["crossValidation"]["folds"] == 2
-
-
-
-def test_digits_example_applied_with_kubectl_runs_every_stage(namespace: str,
-                                                              operator: Any) -> None:
-    """The acceptance run: `kubectl apply -f examples/digits.yaml`, unchanged."""
-    kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "digits.yaml"))
-    status = wait_phase(namespace, "digits", ("Succeeded", "Failed"), timeout=900)
-    assert status["phase"] == "Succeeded", json.dumps(status)[:3000]
-    assert {n: s["phase"] for n, s in status["stages"].items()} == {
-        "augmentation": "Succeeded", "tuning": "Succeeded", "training": "Succeeded",
-        "explanation": "Succeeded"}
-    assert status["training"]["testMetrics"]["test_accuracy"] >= 0.95
-    assert status["findings"]["overfitting"]["verdict"] == "none"
-    assert status["augmentation"]["added"] > 0
-    best = status["tuning"]["best"]
-    assert status["tuning"]["trials"]["total"] == 6 and best["params"]
-    # The final training ran with the sweep's best parameters.
-    train_pod = next(p for p in _pods(namespace) if p["metadata"]["name"] == "digits-train-0")
-    command = train_pod["spec"]["containers"][0]["command"]
-    assert json.loads(command[command.index("--params") + 1]) == best["params"]
-    assert status["findings"]["explanation"]["completenessError"] < 0.05
-    cost = status["findings"]["cost"]
-    assert set(cost["byStage"]) == {"augmentation", "tuning", "training", "explanation"}
