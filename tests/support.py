@@ -18,6 +18,16 @@ EXAMPLES = REPO / "examples"
 LOCAL_ENV = Path("/var/lib/localk8s/env")
 
 
+class FakeClock:
+    """A monotonic clock the test moves by hand (``clock.now += 3``)."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def ctrl_c_reaches_it() -> None:
     """A ``Popen`` ``preexec_fn``: the child handles Ctrl-C (SIGINT) as it would in a terminal.
 

@@ -15,6 +15,7 @@ from kubetrain.api.status import Reason, TrainingJobStatus
 from kubetrain.controller.handlers import recovered
 from kubetrain.controller.periodic import ActiveJobs, JobLocks, PeriodicPass, is_active
 from kubetrain.pipeline.status import set_condition
+from support import FakeClock
 
 
 def body(phase: str | None, uid: str = "u1", **run_policy: Any) -> dict[str, Any]:
@@ -39,16 +40,8 @@ def test_the_pass_reconciles_only_jobs_that_can_change_on_their_own(job: dict[st
     assert is_active(job) is active
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_job_comes_due_an_interval_after_its_last_reconcile() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     jobs = ActiveJobs(interval=5.0, clock=clock)
     jobs.seen(None, body("Running"))  # just reconciled: its status made it active
     assert jobs.take_due() == [] and jobs.next_due() == 5.0
@@ -65,7 +58,7 @@ def test_a_job_comes_due_an_interval_after_its_last_reconcile() -> None:
 
 
 def test_the_newest_version_is_kept_and_an_inactive_or_deleted_job_drops_out() -> None:
-    jobs = ActiveJobs(interval=5.0, clock=Clock())
+    jobs = ActiveJobs(interval=5.0, clock=FakeClock(100.0))
     jobs.seen(None, body("Pending"))
     newer = body("Running")
     jobs.seen("MODIFIED", newer)

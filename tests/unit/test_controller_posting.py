@@ -7,19 +7,12 @@ import threading
 
 import pytest
 from kubetrain.controller.posting import HeldEvents
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from support import FakeClock
 
 
 def test_events_wait_until_no_reconcile_has_run_for_the_quiet_period() -> None:
     posted: list[str] = []
-    clock = Clock()
+    clock = FakeClock()
     events = HeldEvents(max_delay=5, quiet=1, clock=clock, flusher=False)
     events.begin()
     events.begin()
@@ -42,7 +35,7 @@ def test_events_wait_until_no_reconcile_has_run_for_the_quiet_period() -> None:
 
 def test_an_event_after_a_quiet_period_is_posted_at_once() -> None:
     posted: list[str] = []
-    clock = Clock()
+    clock = FakeClock()
     events = HeldEvents(quiet=1, clock=clock, flusher=False)
     events.hold(lambda: posted.append("a"))  # no reconcile ever ran
     assert posted == ["a"]
@@ -55,7 +48,7 @@ def test_an_event_after_a_quiet_period_is_posted_at_once() -> None:
 
 def test_under_a_steady_stream_of_reconciles_events_wait_at_most_max_delay() -> None:
     posted: list[str] = []
-    clock = Clock()
+    clock = FakeClock()
     events = HeldEvents(max_delay=5, quiet=1, clock=clock, flusher=False)
     events.begin()  # one reconcile that never ends within the test
     events.hold(lambda: posted.append("a"))
