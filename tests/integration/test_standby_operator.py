@@ -77,8 +77,10 @@ def test_standby_takes_over_when_the_active_operator_is_killed(namespace: str,
         first = wait_for(lambda: lease(namespace).get("holderIdentity"), 60, "a Lease holder",
                          interval=0.5)
         standby = next(name for name in procs if name != first)
+        # Long enough to be mid-training when the active one is killed (a fast machine ran
+        # 40 epochs to the end before that: the standby then had nothing left to create).
         apply_job(namespace, small_job("standby", training={
-            "epochs": 40, "batchSize": 32, "learningRate": 0.003,
+            "epochs": 200, "batchSize": 32, "learningRate": 0.003,
             "resources": {"cpu": "500m", "memory": "1Gi"}}))
         wait_for(lambda: any(p["status"].get("phase") == "Running"
                              for p in get_json("pods", "-n", namespace)["items"]),
