@@ -185,6 +185,11 @@ def test_helm_install_run_test_uninstall(clean_cluster: None, namespace: str) ->
     logs = _operator_logs()
     assert not _refusals(logs), _refusals(logs)
 
+    # A job carrying the finalizer an earlier operator version (kopf timers) put on jobs,
+    # applied just before the uninstall: the README says the uninstall clears it too.
+    upgraded = small_job("upgraded", runPolicy={"suspend": True})
+    upgraded["metadata"]["finalizers"] = ["kubetrain.io/finalizer"]
+    apply_job(namespace, upgraded)
     helm("uninstall", "kubetrain", "-n", SYSTEM, "--wait", "--timeout", "5m")
     _assert_nothing_left(namespace)
 
