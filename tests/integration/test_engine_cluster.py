@@ -134,8 +134,12 @@ def test_a_deleted_trial_pod_is_replaced_and_the_sweep_reaches_its_count(
     trials = _trial_units(status)
     assert trials["trial-0"]["replaced"] is True
     assert len(_counted(status)) == 3
-    assert status["tuning"]["trials"]["complete"] == 3  # the study: three complete trials
-    assert status["tuning"]["trials"]["failed"] >= 1    # and the lost one, failed
+    study = status["tuning"]["trials"]
+    assert study["complete"] == 3  # the study: three complete trials
+    # The lost one failed if it had asked the study for a trial before its pod went (deleted
+    # while Python still started, it had none: CI saw that); either way none is left running.
+    assert study["running"] == 0 and study["failed"] <= 1
+    assert study["total"] == study["complete"] + study["pruned"] + study["failed"]
     assert status["findings"]["cost"]["byStage"]["tuning"]["cost"] > 0
     assert all(u.get("cost", 0) > 0 for n, u in trials.items() if n in _counted(status))
 
