@@ -36,7 +36,9 @@ test: lint typecheck  ## everything CI runs
 	@# changed (skipped when current). If that fails, those tests skip and say why; with
 	@# KUBETRAIN_REQUIRE_CLUSTER=1 (CI with a cluster) it fails here.
 	@bash hack/test-cluster.sh
-	$(BIN)/pytest $(PYTEST_ARGS)
+	@# The cluster tests one at a time, then the rest over two processes (hack/run-tests.sh);
+	@# with PYTEST_ARGS, one pytest run over what they select.
+	PYTEST=$(BIN)/pytest bash hack/run-tests.sh $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

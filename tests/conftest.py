@@ -46,6 +46,7 @@ def write_manifest(tmp_path: Path) -> Any:
     return write
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m cluster` / `-m "not cluster"` select
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that uses the ``cluster`` fixture is a cluster test, marked or not."""
     for item in items:
@@ -61,38 +62,55 @@ def _skip_reason(report: pytest.TestReport) -> str:
     return str(longrepr)
 
 
+CLUSTER_TEST = ("kubetrain_cluster", True)
+REQUIRED_SKIP = ("kubetrain_required_cluster", True)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Tags a cluster test's reports; with KUBETRAIN_REQUIRE_CLUSTER=1 its skip is a failure.
+
+    This runs where the test runs (an xdist worker too); the counting is done from the tags in
+    ``pytest_runtest_logreport``, which runs where the summary is written.
+    """
     outcome = yield
     if item.get_closest_marker("cluster") is None:
         return
     report: pytest.TestReport = outcome.get_result()
-    if report.when == "call" and not (report.skipped and not hasattr(report, "wasxfail")):
-        _cluster_ran.add(item.nodeid)
-    previous = _cluster_outcomes.get(item.nodeid)
-    if report.failed:
-        _cluster_outcomes[item.nodeid] = "failed"
+    report.user_properties.append(CLUSTER_TEST)
+    if report.skipped and not hasattr(report, "wasxfail") and _require_cluster():
+        reason = _skip_reason(report)
+        report.outcome = "failed"
+        report.longrepr = (f"cluster test skipped, which {REQUIRE_CLUSTER_VAR}=1 makes a "
+                           f"failure: {reason}")
+        report.user_properties.append(REQUIRED_SKIP)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    properties = getattr(report, "user_properties", ())
+    if CLUSTER_TEST not in properties:
+        return
+    required = REQUIRED_SKIP in properties
+    skipped = report.skipped and not hasattr(report, "wasxfail")
+    if report.when == "call" and not (skipped or required):
+        _cluster_ran.add(report.nodeid)
+    previous = _cluster_outcomes.get(report.nodeid)
+    if required:
+        _cluster_outcomes[report.nodeid] = "required"
+    elif report.failed:
+        _cluster_outcomes[report.nodeid] = "failed"
     elif hasattr(report, "wasxfail"):
-        _cluster_outcomes[item.nodeid] = "xfailed"
+        _cluster_outcomes[report.nodeid] = "xfailed"
     elif report.skipped:
-        if _require_cluster():
-            reason = _skip_reason(report)
-            report.outcome = "failed"
-            report.longrepr = (f"cluster test skipped, which {REQUIRE_CLUSTER_VAR}=1 makes a "
-                               f"failure: {reason}")
-            report.user_properties.append(("kubetrain_required_cluster", True))
-            _cluster_outcomes[item.nodeid] = "required"
-        else:
-            _cluster_outcomes[item.nodeid] = "skipped"
+        _cluster_outcomes[report.nodeid] = "skipped"
     elif previous is None:
-        _cluster_outcomes[item.nodeid] = "passed"
+        _cluster_outcomes[report.nodeid] = "passed"
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
     """A required cluster test that skipped shows as FAILED (not as a setup ERROR)."""
     # a collection report has no user_properties
-    if report.failed and ("kubetrain_required_cluster", True) in getattr(
-            report, "user_properties", ()):
+    if report.failed and REQUIRED_SKIP in getattr(report, "user_properties", ()):
         return "failed", "F", "FAILED"
     return None
 
