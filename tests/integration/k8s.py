@@ -279,3 +279,11 @@ def small_job(name: str, **spec: Any) -> dict[str, Any]:
     body.update(spec)
     return {"apiVersion": "kubetrain.io/v1alpha1", "kind": "TrainingJob",
             "metadata": {"name": name}, "spec": body}
+
+
+def earlier_operator_job(name: str) -> dict[str, Any]:
+    """A suspended small job carrying the finalizer an earlier operator version (kopf timers)
+    put on every job; the current operator removes it, and so does the uninstall."""
+    manifest = small_job(name, runPolicy={"suspend": True})
+    manifest["metadata"]["finalizers"] = ["kubetrain.io/finalizer"]
+    return manifest

@@ -26,6 +26,7 @@ from k8s import (
     WORKER_IMAGE,
     apply_job,
     check_image,
+    earlier_operator_job,
     get_json,
     kubectl,
     release_training_jobs,
@@ -185,11 +186,9 @@ def test_helm_install_run_test_uninstall(clean_cluster: None, namespace: str) ->
     logs = _operator_logs()
     assert not _refusals(logs), _refusals(logs)
 
-    # A job carrying the finalizer an earlier operator version (kopf timers) put on jobs,
-    # applied just before the uninstall: the README says the uninstall clears it too.
-    upgraded = small_job("upgraded", runPolicy={"suspend": True})
-    upgraded["metadata"]["finalizers"] = ["kubetrain.io/finalizer"]
-    apply_job(namespace, upgraded)
+    # A job with an earlier operator version's finalizer, applied just before the uninstall:
+    # the README says the uninstall clears it too.
+    apply_job(namespace, earlier_operator_job("upgraded"))
     helm("uninstall", "kubetrain", "-n", SYSTEM, "--wait", "--timeout", "5m")
     _assert_nothing_left(namespace)
 

@@ -14,6 +14,7 @@ from k8s import (
     HOST_STORAGE,
     REPO,
     apply_job,
+    earlier_operator_job,
     get_json,
     job_status,
     kubectl,
@@ -145,9 +146,7 @@ def test_jobs_carry_no_finalizer_and_an_earlier_operators_is_removed(namespace: 
     """The periodic pass needs no finalizer (kopf's timer did): a running job has none, and
     one that an earlier operator version put on a job is removed, so deleting it never hangs."""
     apply_job(namespace, small_job("plain", training={"epochs": 200, "batchSize": 16}))
-    old = small_job("upgraded", runPolicy={"suspend": True})
-    old["metadata"]["finalizers"] = ["kubetrain.io/finalizer"]
-    apply_job(namespace, old)
+    apply_job(namespace, earlier_operator_job("upgraded"))
     wait_for(lambda: job_status(namespace, "plain").get("phase") == "Running", 180,
              "a running job")
     wait_for(lambda: not get_json("trainingjobs.kubetrain.io", "upgraded", "-n", namespace)[
